@@ -1,0 +1,349 @@
+"""Replay memory: preallocated tensors on the training device.
+
+Two policies:
+
+* ``reservoir`` — updated with every stream minibatch; after ``n`` samples each
+  one is in memory with probability ``mem_size / n`` (Vitter's algorithm R, as
+  in DER). Right for every scenario, domain-incremental included.
+* ``class_balanced`` — refilled at the end of each experience so that every
+  *(experience, class)* group seen so far holds an equal share. In a
+  class-incremental stream a class lives in one experience, so this is the
+  usual "equal share per class"; in a domain-incremental stream, where every
+  experience holds every class, balancing per class alone would let the newest
+  experience crowd out the old ones, so each experience keeps its own share.
+
+Storage is allocated on the first insertion (its shapes come from the data) and
+never reallocated. Insertion and sampling use tensor indexing and a seeded
+``torch.Generator`` on the buffer's device: no Python loop over samples and no
+host-device copy in the training step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["POLICIES", "RefillPlan", "ReplayBuffer", "ReplaySample"]
+
+POLICIES = ("reservoir", "class_balanced")
+
+
+@dataclass
+class RefillPlan:
+    """What a class-balanced refill keeps: ``index`` into the new experience,
+    and the ``quota (G,)`` of each ``(experience, class)`` group ``(G, 2)``."""
+
+    index: Tensor
+    groups: Tensor
+    quota: Tensor
+
+
+@dataclass
+class ReplaySample:
+    """A minibatch drawn from the buffer. ``index``: the buffer slots ``(R,)``."""
+
+    index: Tensor
+    x: Tensor
+    y: Tensor
+    task: Tensor
+    logits: Tensor | None
+    logits_mask: Tensor | None
+
+
+class ReplayBuffer:
+    """Fixed-size memory of ``(x, y, task, experience)`` and optional teacher logits.
+
+    ``logits`` ``(M, C)`` hold a teacher's outputs for each slot and
+    ``logits_mask`` ``(M, C)`` the classes those logits cover (all False for a
+    slot whose logits have not been computed yet).
+    """
+
+    def __init__(
+        self,
+        mem_size: int,
+        policy: str = "reservoir",
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(mem_size, int) or mem_size < 1:
+            raise ValueError(f"mem_size must be an integer >= 1, got {mem_size!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        self.mem_size = mem_size
+        self.policy = policy
+        self.device = torch.device(device)
+        self.seed = seed
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.size = 0  # filled slots (a Python int: no device sync to read it)
+        self.seen = 0  # stream samples offered to a reservoir buffer
+        self._x: Tensor | None = None
+        self._y: Tensor | None = None
+        self._task: Tensor | None = None
+        self._experience: Tensor | None = None
+        self._logits: Tensor | None = None
+        self._logits_mask: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def is_empty(self) -> bool:
+        return self.size == 0
+
+    # ------------------------------------------------------------------ storage
+    # Storage has mem_size + 1 rows: the last one is a scratch row that absorbs
+    # the writes of rejected samples, so an insertion never needs to know (and
+    # sync to learn) how many samples were kept.
+    def _allocate(self, x: Tensor) -> None:
+        rows, dev = self.mem_size + 1, self.device
+        self._x = torch.zeros((rows, *x.shape[1:]), dtype=x.dtype, device=dev)
+        self._y = torch.zeros(rows, dtype=torch.long, device=dev)
+        self._task = torch.zeros(rows, dtype=torch.long, device=dev)
+        self._experience = torch.zeros(rows, dtype=torch.long, device=dev)
+
+    def allocate_logits(self, num_classes: int) -> None:
+        """Make room for teacher logits of width ``num_classes`` (grows, never shrinks)."""
+        rows = self.mem_size + 1
+        if self._logits is not None and self._logits.shape[1] >= num_classes:
+            return
+        logits = torch.zeros(rows, num_classes, device=self.device)
+        mask = torch.zeros(rows, num_classes, dtype=torch.bool, device=self.device)
+        if self._logits is not None:
+            logits[:, : self._logits.shape[1]] = self._logits
+            mask[:, : self._logits.shape[1]] = self._logits_mask
+        self._logits, self._logits_mask = logits, mask
+
+    @property
+    def x(self) -> Tensor | None:
+        return None if self._x is None else self._x[: self.size]
+
+    @property
+    def y(self) -> Tensor | None:
+        return None if self._y is None else self._y[: self.size]
+
+    @property
+    def task(self) -> Tensor | None:
+        return None if self._task is None else self._task[: self.size]
+
+    @property
+    def experience(self) -> Tensor | None:
+        return None if self._experience is None else self._experience[: self.size]
+
+    @property
+    def logits(self) -> Tensor | None:
+        return None if self._logits is None else self._logits[: self.size]
+
+    @property
+    def logits_mask(self) -> Tensor | None:
+        return None if self._logits_mask is None else self._logits_mask[: self.size]
+
+    def _check_input(self, x: Tensor, y: Tensor, task: Tensor) -> None:
+        if not (x.shape[0] == y.shape[0] == task.shape[0]):
+            raise ValueError(
+                f"x, y and task must have the same length, got {x.shape[0]}, {y.shape[0]}, {task.shape[0]}"
+            )
+        if self._x is not None and x.shape[1:] != self._x.shape[1:]:
+            raise ValueError(
+                f"sample shape {tuple(x.shape[1:])} differs from the buffer's {tuple(self._x.shape[1:])}"
+            )
+        if self._x is None:
+            self._allocate(x)
+
+    def _write(self, slots: Tensor, x: Tensor, y: Tensor, task: Tensor, experience: Tensor | int) -> None:
+        self._x[slots] = x.to(self.device, dtype=self._x.dtype, non_blocking=True)
+        self._y[slots] = y.to(self.device, dtype=torch.long, non_blocking=True)
+        self._task[slots] = task.to(self.device, dtype=torch.long, non_blocking=True)
+        self._experience[slots] = (
+            experience.to(self.device) if isinstance(experience, Tensor) else experience
+        )
+        if self._logits_mask is not None:
+            self._logits_mask[slots] = False  # the previous occupant's logits are stale
+
+    def to(self, device: torch.device | str) -> "ReplayBuffer":
+        """Move storage and generator to ``device`` (e.g. after loading a checkpoint
+        on another machine). The generator is re-seeded from its own next draw."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        for name in ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device))
+        next_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.device))
+        self.generator = torch.Generator(device=device).manual_seed(next_seed)
+        self.device = device
+        return self
+
+    # ---------------------------------------------------------------- reservoir
+    def reservoir_add(self, x: Tensor, y: Tensor, task: Tensor, experience: int = 0) -> Tensor:
+        """Offer a stream minibatch ``x (N, ...)``. Returns ``(N,)`` slots, ``-1``
+        where a sample was not kept.
+
+        Sample ``i`` is the ``(seen + i)``-th of the stream: it takes slot
+        ``seen + i`` while the buffer fills; afterwards a uniform draw
+        ``j ∈ [0, seen + i]`` keeps it in slot ``j`` if ``j < mem_size``. When two
+        samples of one batch draw the same slot the later one wins, as if they
+        had been offered one at a time.
+        """
+        self._check_input(x, y, task)
+        n, m = x.shape[0], self.mem_size
+        position = torch.arange(self.seen, self.seen + n, device=self.device)
+        draw = torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)
+        random_slot = torch.minimum((draw * (position + 1)).long(), position)
+        slot = torch.where(position < m, position, random_slot)
+        order = torch.arange(n, device=self.device)
+        trash = torch.full_like(slot, m)
+        slot = torch.where(slot < m, slot, trash)
+        winner = torch.full((m + 1,), -1, dtype=torch.long, device=self.device)
+        winner.scatter_reduce_(0, slot, order, "amax")
+        keep = (slot < m) & (winner[slot] == order)
+        slot = torch.where(keep, slot, trash)
+        self._write(slot, x, y, task, experience)
+        self.seen += n
+        self.size = min(m, self.seen)
+        return torch.where(keep, slot, -1)
+
+    # ----------------------------------------------------------- class balanced
+    def class_balanced_select(self, y: Tensor, experience: int) -> "RefillPlan":
+        """Plan a refill with a new experience whose labels are ``y (N,)``.
+
+        ``plan.index`` are the new samples to load; pass them to
+        :meth:`class_balanced_fill` with the plan. Selecting first lets the caller
+        load only the samples it keeps.
+        Every *(experience, class)* group seen so far gets ``mem_size // groups``
+        slots (the remainder goes to the first groups in order); old groups
+        keep a prefix of what they hold, new groups a uniform random subset.
+        """
+        y = y.to(self.device, dtype=torch.long)
+        old_groups = self._groups() if self.size else torch.zeros(0, 2, dtype=torch.long, device=self.device)
+        new_classes = torch.unique(y)
+        new_groups = torch.stack([torch.full_like(new_classes, experience), new_classes], dim=1)
+        groups = torch.unique(torch.cat([old_groups, new_groups]), dim=0)  # sorted by (exp, class)
+        n_groups = groups.shape[0]
+        quota = torch.full((n_groups,), self.mem_size // n_groups, dtype=torch.long, device=self.device)
+        quota[: self.mem_size % n_groups] += 1
+        # Candidates of the new experience, in random order, ranked within their class.
+        perm = torch.randperm(y.shape[0], generator=self.generator, device=self.device)
+        rank = _rank_within_group(y[perm])
+        group_of = _group_index(groups, torch.full_like(y[perm], experience), y[perm])
+        return RefillPlan(perm[rank < quota[group_of]], groups, quota)
+
+    def class_balanced_fill(
+        self, plan: "RefillPlan", x: Tensor, y: Tensor, task: Tensor, experience: int
+    ) -> None:
+        """Store the planned samples of a new experience and shrink the old groups."""
+        self._check_input(x, y, task)
+        groups, quota = plan.groups, plan.quota
+        keep_old = torch.zeros(0, dtype=torch.long, device=self.device)
+        if self.size:
+            old_group = _group_index(groups, self.experience, self.y)
+            keep_old = (_rank_within_group(old_group) < quota[old_group]).nonzero().squeeze(1)
+        n_old, n_new = keep_old.shape[0], x.shape[0]
+        if n_old + n_new > self.mem_size:
+            raise RuntimeError(f"class-balanced refill overflows: {n_old} + {n_new} > {self.mem_size}")
+        # Compact the kept old samples to the front (gather first: source and destination overlap).
+        for name in ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask"):
+            t = getattr(self, name)
+            if t is not None:
+                t[:n_old] = t[keep_old].clone()
+        self.size = n_old + n_new
+        self._write(torch.arange(n_old, n_old + n_new, device=self.device), x, y, task, experience)
+        self.seen += n_new
+
+    def _groups(self) -> Tensor:
+        return torch.unique(torch.stack([self.experience, self.y], dim=1), dim=0)
+
+    # ----------------------------------------------------------------- sampling
+    def sample(self, batch_size: int) -> ReplaySample:
+        """Draw ``min(batch_size, len(self))`` distinct slots uniformly at random."""
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        k = min(batch_size, self.size)
+        # argsort of uniform keys = a uniform random subset, without a host sync.
+        keys = torch.rand(self.size, generator=self.generator, device=self.device)
+        index = keys.topk(k, sorted=False).indices if k < self.size else torch.arange(k, device=self.device)
+        return self.gather(index)
+
+    def gather(self, index: Tensor) -> ReplaySample:
+        return ReplaySample(
+            index=index,
+            x=self._x[index],
+            y=self._y[index],
+            task=self._task[index],
+            logits=None if self._logits is None else self._logits[index],
+            logits_mask=None if self._logits_mask is None else self._logits_mask[index],
+        )
+
+    def set_logits(self, index: Tensor, logits: Tensor, mask: Tensor) -> None:
+        """Cache teacher ``logits (K, C)`` covering ``mask`` (``(C,)`` or ``(K, C)``) for slots ``index``."""
+        self.allocate_logits(logits.shape[1])
+        width = logits.shape[1]
+        self._logits[index, :width] = logits.to(self._logits.dtype)
+        self._logits[index, width:] = 0.0
+        self._logits_mask[index] = False
+        self._logits_mask[index, :width] = mask.to(self.device, torch.bool).expand(index.shape[0], width)
+
+    # ------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "mem_size": self.mem_size,
+            "policy": self.policy,
+            "seed": self.seed,
+            "size": self.size,
+            "seen": self.seen,
+            "generator": self.generator.get_state(),
+            **{name: getattr(self, name) for name in ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask")},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["mem_size"] != self.mem_size or state["policy"] != self.policy:
+            raise ValueError(
+                f"checkpoint buffer (mem_size={state['mem_size']}, policy={state['policy']!r}) does not match "
+                f"this buffer (mem_size={self.mem_size}, policy={self.policy!r})"
+            )
+        self.size, self.seen, self.seed = state["size"], state["seen"], state["seed"]
+        for name in ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask"):
+            t = state[name]
+            setattr(self, name, None if t is None else t.to(self.device))
+        self.generator.set_state(state["generator"])
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["generator"] = (self.generator.device.type, self.generator.get_state())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        device_type, rng_state = state["generator"]
+        state["generator"] = torch.Generator(device=state["device"])
+        state["generator"].set_state(rng_state)
+        self.__dict__.update(state)
+
+
+def _rank_within_group(group: Tensor) -> Tensor:
+    """For labels ``(N,)``, the position of each element among the equal labels
+    before it (0 for the first occurrence, 1 for the second, ...)."""
+    n = group.shape[0]
+    if n == 0:
+        return group
+    order = torch.sort(group, stable=True).indices
+    sorted_group = group[order]
+    start = torch.ones(n, dtype=torch.bool, device=group.device)
+    start[1:] = sorted_group[1:] != sorted_group[:-1]
+    position = torch.arange(n, device=group.device)
+    first = torch.cummax(torch.where(start, position, 0), dim=0).values
+    rank = torch.empty_like(position)
+    rank[order] = position - first
+    return rank
+
+
+def _group_index(groups: Tensor, experience: Tensor, y: Tensor) -> Tensor:
+    """Row of ``groups (G, 2)`` (sorted unique ``(experience, class)``) for each sample."""
+    key_scale = int(groups[:, 1].max()) + 1 if groups.numel() else 1
+    key_scale = max(key_scale, int(y.max()) + 1 if y.numel() else 1)
+    group_keys = groups[:, 0] * key_scale + groups[:, 1]
+    keys = experience.to(groups.device) * key_scale + y.to(groups.device)
+    return torch.searchsorted(group_keys, keys)

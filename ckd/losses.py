@@ -1,0 +1,153 @@
+"""Distillation losses as pure functions on tensors.
+
+Every function takes logits or embeddings of shape ``(B, ...)`` and returns a
+scalar averaged over the batch. Nothing here knows about Avalanche.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "check_temperature",
+    "known_class_mask",
+    "soft_kl",
+    "replay_cross_entropy",
+    "feature_distance",
+    "rkd_distance",
+    "rkd_angle",
+]
+
+
+def check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def known_class_mask(
+    student_logits: Tensor, teacher_logits: Tensor, known_classes: Tensor | None
+) -> Tensor:
+    """Boolean mask ``(B, C_t)`` of the classes distillation may use.
+
+    The teacher may have fewer outputs than the student (a head that grew
+    since the snapshot): only the teacher's ``C_t`` columns are compared.
+    ``known_classes`` narrows that further, as ``(C_t,)`` for the whole batch or
+    ``(B, C_t)`` per sample (e.g. the classes of the sample's own task head).
+    """
+    batch, c_t = teacher_logits.shape
+    if student_logits.dim() != 2 or teacher_logits.dim() != 2:
+        raise ValueError(
+            "soft_kl expects 2-D logits (B, C), got student "
+            f"{tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)}"
+        )
+    if student_logits.shape[0] != batch:
+        raise ValueError(
+            f"student and teacher batch sizes differ: {student_logits.shape[0]} vs {batch}"
+        )
+    if student_logits.shape[1] < c_t:
+        raise ValueError(
+            f"the student has {student_logits.shape[1]} outputs but the teacher has {c_t}: "
+            "a student may grow new classes, not lose them"
+        )
+    if known_classes is None:
+        return torch.ones(batch, c_t, dtype=torch.bool, device=teacher_logits.device)
+    mask = known_classes.to(dtype=torch.bool, device=teacher_logits.device)
+    if mask.shape[-1] != c_t:
+        mask = mask[..., :c_t]
+    return mask.expand(batch, c_t)
+
+
+def soft_kl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float,
+    known_classes: Tensor | None = None,
+) -> Tensor:
+    """``T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))`` averaged over the batch.
+
+    student_logits: ``(B, C_s)``; teacher_logits: ``(B, C_t)`` with ``C_t ≤ C_s``.
+    known_classes: optional bool ``(C_t,)`` or ``(B, C_t)``; both distributions
+    are renormalised over the known classes only. A row with no known class
+    contributes 0 (and still counts in the batch mean).
+
+    The ``T²`` factor keeps the gradient scale independent of ``T``: the
+    gradient w.r.t. the student logits is ``T · (p_s − p_t) / B`` on the known
+    classes and 0 elsewhere.
+    """
+    check_temperature(temperature)
+    mask = known_class_mask(student_logits, teacher_logits, known_classes)
+    c_t = teacher_logits.shape[1]
+    z_s = student_logits[:, :c_t].float() / temperature
+    z_t = teacher_logits.float() / temperature
+    # A large finite value, not -inf: exp underflows to exactly 0 and 0·finite stays 0.
+    neg = torch.finfo(torch.float32).min / 4
+    log_p_s = F.log_softmax(z_s.masked_fill(~mask, neg), dim=1)
+    log_p_t = F.log_softmax(z_t.masked_fill(~mask, neg), dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).masked_fill(~mask, 0.0)
+    # A row with a single known class has KL 0; one with none must not produce NaN.
+    return kl.sum() * (temperature**2) / student_logits.shape[0]
+
+
+def replay_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Hard-label cross-entropy on replayed samples. logits ``(B, C)``, targets ``(B,)``."""
+    return F.cross_entropy(logits, targets)
+
+
+def feature_distance(student: Tensor, teacher: Tensor, metric: str = "l2") -> Tensor:
+    """Distance between activations ``(B, ...)`` of the same samples, batch mean.
+
+    ``l2``: mean over samples of the squared L2 distance divided by the feature size
+    (i.e. ``F.mse_loss``); ``cosine``: mean of ``1 − cos(s, t)``.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"feature shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}"
+        )
+    s = student.flatten(1).float()
+    t = teacher.flatten(1).float()
+    if metric == "l2":
+        return F.mse_loss(s, t)
+    if metric == "cosine":
+        return (1.0 - F.cosine_similarity(s, t, dim=1)).mean()
+    raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
+
+
+def _normalised_pairwise_distances(emb: Tensor) -> Tensor:
+    """``(B, B)`` Euclidean distances divided by their mean over distinct pairs."""
+    d = torch.cdist(emb, emb)
+    off_diag = ~torch.eye(emb.shape[0], dtype=torch.bool, device=emb.device)
+    mean = d[off_diag].mean().clamp_min(1e-12)
+    return d / mean
+
+
+def rkd_distance(student: Tensor, teacher: Tensor) -> Tensor:
+    """RKD distance-wise loss (Park et al., 2019): Huber loss between the
+    mean-normalised pairwise distance matrices of ``(B, D)`` embeddings.
+    Invariant to rotation, translation and scale of either embedding space."""
+    s = student.flatten(1).float()
+    t = teacher.flatten(1).float()
+    if s.shape[0] < 2:
+        raise ValueError(f"rkd_distance needs at least 2 samples, got {s.shape[0]}")
+    off_diag = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    return F.smooth_l1_loss(
+        _normalised_pairwise_distances(s)[off_diag], _normalised_pairwise_distances(t)[off_diag]
+    )
+
+
+def _angles(emb: Tensor) -> Tensor:
+    """``(B, B, B)`` cosines of the angle at vertex j: ``cos∠(e_i − e_j, e_k − e_j)``."""
+    diff = emb.unsqueeze(0) - emb.unsqueeze(1)  # diff[j, i] = e_i - e_j
+    unit = F.normalize(diff, p=2, dim=2)
+    return torch.bmm(unit, unit.transpose(1, 2))
+
+
+def rkd_angle(student: Tensor, teacher: Tensor) -> Tensor:
+    """RKD angle-wise loss (Park et al., 2019): Huber loss between the cosines of
+    the angles formed by every triplet of ``(B, D)`` embeddings."""
+    s = student.flatten(1).float()
+    t = teacher.flatten(1).float()
+    if s.shape[0] < 3:
+        raise ValueError(f"rkd_angle needs at least 3 samples, got {s.shape[0]}")
+    return F.smooth_l1_loss(_angles(s), _angles(t))

@@ -1,0 +1,238 @@
+"""Avalanche plugins: knowledge distillation from a frozen teacher on replayed samples."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.models.dynamic_modules import MultiTaskModule
+from avalanche.models.utils import avalanche_forward
+from torch import Tensor
+
+from ckd.buffer import POLICIES, ReplayBuffer, ReplaySample
+from ckd.losses import check_temperature, replay_cross_entropy, soft_kl
+from ckd.teacher import Teacher
+
+__all__ = ["KDReplayConfig", "KDReplayPlugin", "ReplayStep", "TEACHER_MODES"]
+
+TEACHER_MODES = ("snapshot", "cached")
+
+
+@dataclass(frozen=True)
+class KDReplayConfig:
+    """Settings of :class:`KDReplayPlugin`.
+
+    mem_size: replay memory slots. alpha: weight of the soft KL term on replayed
+    samples. temperature: softmax temperature T (the loss carries T²). beta:
+    weight of the hard-label cross-entropy on replayed samples.
+    replay_batch_size: replayed samples added to each training minibatch.
+    policy: ``class_balanced`` (refilled after each experience) or ``reservoir``
+    (updated every minibatch). teacher: ``snapshot`` (run the frozen model on
+    each replay batch) or ``cached`` (store its logits in the buffer once per
+    experience). seed: the buffer's random generator.
+    """
+
+    mem_size: int = 500
+    alpha: float = 1.0
+    temperature: float = 2.0
+    replay_batch_size: int = 32
+    beta: float = 0.0
+    policy: str = "class_balanced"
+    teacher: str = "snapshot"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mem_size, int) or self.mem_size < 1:
+            raise ValueError(f"mem_size must be an integer >= 1, got {self.mem_size!r}")
+        if not isinstance(self.replay_batch_size, int) or self.replay_batch_size < 1:
+            raise ValueError(f"replay_batch_size must be an integer >= 1, got {self.replay_batch_size!r}")
+        check_temperature(self.temperature)
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not value >= 0:  # also rejects NaN
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.teacher not in TEACHER_MODES:
+            raise ValueError(f"teacher must be one of {TEACHER_MODES}, got {self.teacher!r}")
+
+
+@dataclass
+class ReplayStep:
+    """What the plugin replayed in the current training iteration.
+
+    rows: the replayed rows of the step's forward batch (current samples come
+    first); sample: what was drawn from the buffer; student_logits ``(R, C)``.
+    """
+
+    rows: slice
+    sample: ReplaySample
+    student_logits: Tensor | None = None
+
+
+class KDReplayPlugin(SupervisedPlugin):
+    """Replay with soft-target distillation from the model of the previous experience.
+
+    Each training iteration, once the buffer holds samples, ``replay_batch_size``
+    of them join the minibatch in the same forward pass, and the plugin adds
+    ``alpha · soft_kl(student, teacher, T)`` (restricted to the classes the
+    teacher knew for each sample's task) plus ``beta · CE`` to ``strategy.loss``.
+    The strategy's own criterion still sees only the current samples.
+    After each training experience the model is snapshotted as the teacher.
+
+    ``replay`` holds the :class:`ReplayStep` of the current iteration (``None``
+    when nothing was replayed), for other plugins to read.
+
+    A non-finite distillation loss raises ``FloatingPointError`` at the end of
+    the epoch in which it happened (checked once per epoch to keep the training
+    step free of host-device syncs).
+    """
+
+    def __init__(
+        self,
+        mem_size: int = 500,
+        alpha: float = 1.0,
+        temperature: float = 2.0,
+        replay_batch_size: int = 32,
+        beta: float = 0.0,
+        policy: str = "class_balanced",
+        teacher: str = "snapshot",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.config = KDReplayConfig(
+            mem_size, alpha, temperature, replay_batch_size, beta, policy, teacher, seed
+        )
+        self.buffer: ReplayBuffer | None = None
+        self.teacher: Teacher | None = None
+        # bool (n_tasks, C): classes trained on so far, per task label.
+        self.seen_classes = torch.zeros(0, 0, dtype=torch.bool)
+        self.replay: ReplayStep | None = None
+        self._current: tuple[Tensor, Tensor, Tensor] | None = None
+        self._finite: Tensor | None = None
+
+    # ------------------------------------------------------------- experience
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        device = torch.device(strategy.device)
+        if self.buffer is None:
+            self.buffer = ReplayBuffer(self.config.mem_size, self.config.policy, device, self.config.seed)
+        self.buffer.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
+        self._finite = torch.ones((), dtype=torch.bool, device=device)
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        experience = strategy.experience
+        exp_id = experience.current_experience
+        self._mark_seen(experience)
+        if self.config.policy == "class_balanced":
+            self._refill_class_balanced(strategy, exp_id)
+        model = strategy.model
+        self.teacher = None  # release the previous snapshot before copying
+        self.teacher = Teacher(model, self.seen_classes, avalanche_forward, isinstance(model, MultiTaskModule))
+        if self.config.teacher == "cached":
+            self._cache_teacher_logits(strategy.eval_mb_size)
+            self.teacher = None  # its logits are all the plugin needs
+
+    def after_training_epoch(self, strategy, **kwargs) -> None:
+        if self._finite is not None and not bool(self._finite):
+            raise FloatingPointError(
+                f"the distillation loss became NaN or infinite in experience "
+                f"{strategy.experience.current_experience} (config {asdict(self.config)}); "
+                "lower the learning rate or alpha"
+            )
+
+    # ------------------------------------------------------------- iteration
+    def before_forward(self, strategy, **kwargs) -> None:
+        self.replay = None
+        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[2]
+        self._current = (x, y, t)
+        if self.buffer is None or self.buffer.is_empty or not self._replay_has_a_loss():
+            return
+        sample = self.buffer.sample(self.config.replay_batch_size)
+        n = x.shape[0]
+        strategy.mbatch[0] = torch.cat([x, sample.x])
+        strategy.mbatch[1] = torch.cat([y, sample.y.to(y.dtype)])
+        strategy.mbatch[2] = torch.cat([t, sample.task.to(t.dtype)])
+        self.replay = ReplayStep(rows=slice(n, n + sample.x.shape[0]), sample=sample)
+
+    def after_forward(self, strategy, **kwargs) -> None:
+        if self.replay is None:
+            return
+        n = self.replay.rows.start
+        self.replay.student_logits = strategy.mb_output[self.replay.rows]
+        strategy.mb_output = strategy.mb_output[:n]
+        for i, current in enumerate(self._current):
+            strategy.mbatch[i] = current
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        if self.replay is None:
+            return
+        cfg, step = self.config, self.replay
+        if cfg.alpha > 0:
+            teacher_logits, mask = self._soft_targets(step.sample)
+            if teacher_logits is not None:
+                kd = soft_kl(step.student_logits, teacher_logits, cfg.temperature, mask)
+                self._finite &= torch.isfinite(kd)
+                strategy.loss += cfg.alpha * kd
+        if cfg.beta > 0:
+            strategy.loss += cfg.beta * replay_cross_entropy(step.student_logits, step.sample.y)
+
+    def after_training_iteration(self, strategy, **kwargs) -> None:
+        if self.config.policy == "reservoir" and self._current is not None:
+            x, y, t = self._current
+            self.buffer.reservoir_add(x, y, t, strategy.experience.current_experience)
+        self._current = None
+
+    # --------------------------------------------------------------- helpers
+    def _replay_has_a_loss(self) -> bool:
+        has_targets = self.teacher is not None or (
+            self.config.teacher == "cached" and self.buffer.logits is not None
+        )
+        return self.config.beta > 0 or (self.config.alpha > 0 and has_targets)
+
+    def _soft_targets(self, sample: ReplaySample) -> tuple[Tensor | None, Tensor | None]:
+        if self.config.teacher == "cached":
+            return sample.logits, sample.logits_mask
+        if self.teacher is None:
+            return None, None
+        return self.teacher.logits(sample.x, sample.task)
+
+    def _mark_seen(self, experience) -> None:
+        task = int(experience.task_label) if hasattr(experience, "task_label") else 0
+        classes = [int(c) for c in experience.classes_in_this_experience]
+        n_tasks = max(self.seen_classes.shape[0], task + 1)
+        n_classes = max(self.seen_classes.shape[1], max(classes) + 1)
+        seen = torch.zeros(n_tasks, n_classes, dtype=torch.bool)
+        seen[: self.seen_classes.shape[0], : self.seen_classes.shape[1]] = self.seen_classes
+        seen[task, classes] = True
+        self.seen_classes = seen
+
+    def _refill_class_balanced(self, strategy, exp_id: int) -> None:
+        dataset = strategy.experience.dataset.eval()
+        targets = torch.as_tensor(list(dataset.targets), dtype=torch.long)
+        plan = self.buffer.class_balanced_select(targets, exp_id)
+        index = plan.index.cpu()
+        x, y, t = _load(dataset.subset(index.tolist()), strategy.eval_mb_size)
+        self.buffer.class_balanced_fill(plan, x, y, t, exp_id)
+
+    def _cache_teacher_logits(self, batch_size: int) -> None:
+        """One batched teacher pass over the whole buffer."""
+        buf = self.buffer
+        for start in range(0, len(buf), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(buf)), device=buf.device)
+            rows = buf.gather(index)
+            logits, mask = self.teacher.logits(rows.x, rows.task)
+            buf.set_logits(index, logits, mask)
+
+
+def _load(dataset, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """All ``(x, y, task)`` of a (small) Avalanche dataset as tensors."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max(batch_size, 1), shuffle=False)
+    xs, ys, ts = [], [], []
+    for batch in loader:
+        xs.append(batch[0])
+        ys.append(batch[1])
+        ts.append(batch[2])
+    return torch.cat(xs), torch.cat(ys), torch.cat(ts)

@@ -1,0 +1,81 @@
+"""A frozen snapshot of the model, queried for soft targets."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Teacher", "default_forward"]
+
+ForwardFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def default_forward(model: nn.Module, x: Tensor, task: Tensor) -> Tensor:
+    return model(x)
+
+
+class Teacher:
+    """A deep copy of ``model`` in ``eval()`` mode with gradients off.
+
+    known_classes: bool ``(n_tasks, C)``: the classes the model had been trained
+    on, per task label, when the snapshot was taken. Soft targets are restricted
+    to them.
+    forward: how to call the model with ``(x, task_labels)`` (multi-head models
+    take the task labels; the default ignores them).
+    multi_task: the model has one head per task; samples of a task the teacher
+    never saw get no soft target.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        known_classes: Tensor,
+        forward: ForwardFn = default_forward,
+        multi_task: bool = False,
+    ) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        self.known_classes = known_classes.clone().bool()
+        self.forward = forward
+        self.multi_task = multi_task
+
+    @property
+    def known_tasks(self) -> Tensor:
+        """bool ``(n_tasks,)``: task labels with at least one known class."""
+        return self.known_classes.any(dim=1)
+
+    def class_mask(self, task: Tensor, num_classes: int) -> Tensor:
+        """bool ``(B, num_classes)``: the classes the teacher knew for each sample's task."""
+        known = self.known_classes.to(task.device)
+        width = min(num_classes, known.shape[1])
+        mask = torch.zeros(task.shape[0], num_classes, dtype=torch.bool, device=task.device)
+        in_range = task < known.shape[0]
+        rows = known[task.clamp_max(known.shape[0] - 1), :width]
+        mask[:, :width] = rows & in_range.unsqueeze(1)
+        return mask
+
+    def logits(self, x: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:
+        """Soft-target logits ``(B, C_t)`` and their class mask ``(B, C_t)``.
+
+        A multi-head teacher is only run on the samples of tasks it has a head for.
+        """
+        with torch.inference_mode():
+            if self.multi_task:
+                known = self.known_tasks.to(task.device)
+                has_head = known[task.clamp_max(known.shape[0] - 1)] & (task < known.shape[0])
+                rows = has_head.nonzero().squeeze(1)
+                out_rows = self.forward(self.model, x[rows], task[rows])
+                out = torch.zeros(x.shape[0], out_rows.shape[1], device=out_rows.device, dtype=out_rows.dtype)
+                out[rows] = out_rows
+            else:
+                out = self.forward(self.model, x, task)
+        # Leave inference mode: the targets enter an autograd graph as constants.
+        out = out.clone()
+        return out, self.class_mask(task, out.shape[1])
+
+    def to(self, device: torch.device | str) -> "Teacher":
+        self.model.to(device)
+        return self
