@@ -1,0 +1,130 @@
+import math
+
+import pytest
+import torch
+
+from ckd.losses import feature_distance, rkd_angle, rkd_distance, soft_kl
+
+
+def _kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+
+
+def _softmax(z):
+    e = [math.exp(v) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def test_soft_kl_matches_hand_computed_value_at_t1():
+    # p_t = softmax([ln 3, 0]) = [3/4, 1/4], p_s = [1/2, 1/2]
+    # KL = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.1308120...
+    student = torch.tensor([[0.0, 0.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0]])
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert soft_kl(student, teacher, 1.0).item() == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(0.1308120, abs=1e-6)
+
+
+def test_soft_kl_temperature_and_t_squared_factor():
+    # T = 2: p_t = softmax([ln3/2, 0]) = [√3/(1+√3), 1/(1+√3)], p_s uniform; loss = 4·KL.
+    student = torch.tensor([[0.0, 0.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0]])
+    r3 = math.sqrt(3.0)
+    p_t = [r3 / (1 + r3), 1 / (1 + r3)]
+    expected = 4.0 * _kl(p_t, [0.5, 0.5])
+    assert expected == pytest.approx(0.145363, abs=1e-5)
+    assert soft_kl(student, teacher, 2.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_soft_kl_is_batch_mean_over_rows():
+    student = torch.tensor([[1.0, -1.0, 0.5], [0.0, 2.0, 0.0]])
+    teacher = torch.tensor([[0.0, 1.0, 0.0], [3.0, 0.0, -1.0]])
+    rows = [
+        _kl(_softmax([v / 3 for v in t]), _softmax([v / 3 for v in s]))
+        for s, t in zip(student.tolist(), teacher.tolist())
+    ]
+    expected = 9.0 * sum(rows) / 2
+    assert soft_kl(student, teacher, 3.0).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_kl_is_zero_for_equal_logits():
+    z = torch.randn(8, 10)
+    assert soft_kl(z, z.clone(), 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 5.0])
+def test_soft_kl_gradient_is_t_times_prob_difference_over_batch(temperature):
+    torch.manual_seed(0)
+    b, c_s, c_t = 4, 7, 5
+    student = torch.randn(b, c_s, requires_grad=True)
+    teacher = torch.randn(b, c_t)
+    known = torch.tensor([True, True, False, True, True])
+    soft_kl(student, teacher, temperature, known).backward()
+
+    neg = torch.full((b, c_t), -1e30)
+    p_s = torch.softmax(torch.where(known, student.detach()[:, :c_t] / temperature, neg), 1)
+    p_t = torch.softmax(torch.where(known, teacher / temperature, neg), 1)
+    expected = torch.zeros(b, c_s)
+    expected[:, :c_t] = temperature * (p_s - p_t) / b
+    expected[:, :c_t][:, ~known] = 0.0
+    torch.testing.assert_close(student.grad, expected, atol=1e-6, rtol=1e-5)
+    assert torch.all(student.grad[:, c_t:] == 0)
+    assert torch.all(student.grad[:, 2] == 0)
+
+
+def test_soft_kl_restricts_to_known_classes_per_sample():
+    student = torch.tensor([[0.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0, -5.0], [9.0, 0.0, 0.0]])
+    known = torch.tensor([[True, True, False], [False, False, False]])
+    # Row 0 reduces to the 2-class case; row 1 has nothing known and adds 0.
+    expected = (0.75 * math.log(1.5) + 0.25 * math.log(0.5)) / 2
+    assert soft_kl(student, teacher, 1.0, known).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_soft_kl_teacher_with_fewer_classes_ignores_new_student_outputs():
+    teacher = torch.randn(3, 4)
+    student = torch.cat([teacher, torch.randn(3, 6) * 10], dim=1)
+    assert soft_kl(student, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_soft_kl_rejects_bad_input():
+    z = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        soft_kl(z, z, 0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        soft_kl(z, z, -1.0)
+    with pytest.raises(ValueError, match="student has 3 outputs but the teacher has 5"):
+        soft_kl(z, torch.randn(2, 5), 1.0)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        soft_kl(z, torch.randn(4, 3), 1.0)
+
+
+def test_feature_distance_values():
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    assert feature_distance(s, t, "l2").item() == pytest.approx((1 + 4) / 4)
+    t2 = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
+    # cos = 1 for row 0, 0 for row 1 -> mean(1 - cos) = 0.5
+    assert feature_distance(s, t2, "cosine").item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="metric"):
+        feature_distance(s, t, "l1")
+
+
+def test_rkd_losses_vanish_for_rotated_scaled_translated_embeddings():
+    torch.manual_seed(0)
+    emb = torch.randn(6, 4)
+    q, _ = torch.linalg.qr(torch.randn(4, 4))
+    moved = 3.0 * emb @ q + 1.5
+    assert rkd_distance(moved, emb).item() == pytest.approx(0.0, abs=1e-6)
+    assert rkd_angle(moved, emb).item() == pytest.approx(0.0, abs=1e-6)
+    assert rkd_distance(torch.randn(6, 4), emb).item() > 1e-3
+    assert rkd_angle(torch.randn(6, 4), emb).item() > 1e-3
+
+
+def test_rkd_distance_hand_computed():
+    # Student: 3 collinear points 0, 1, 3 -> distances 1, 3, 2 (mean 2) -> 0.5, 1.5, 1.
+    # Teacher: equilateral, all distances equal -> normalised 1, 1, 1.
+    # Off-diagonal pairs appear twice; Huber(0.5) = 0.125, Huber(0.5) = 0.125, Huber(0) = 0 -> mean 1/12.
+    student = torch.tensor([[0.0], [1.0], [3.0]])
+    teacher = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+    assert rkd_distance(student, teacher).item() == pytest.approx(0.25 / 3, abs=1e-6)
