@@ -34,11 +34,11 @@ def accuracy_matrix(R: AccuracyMatrix) -> np.ndarray:
         matrix = np.asarray(R, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise ValueError(f"accuracy matrix must be a square table of numbers: {err}") from None
+    if matrix.size == 0:
+        raise ValueError(f"accuracy matrix must have at least 1 row, got shape {matrix.shape}")
     if matrix.ndim != 2:
         raise ValueError(f"accuracy matrix must be 2-D (T, T), got shape {matrix.shape}")
     rows, cols = matrix.shape
-    if rows < 1:
-        raise ValueError("accuracy matrix must have at least 1 row, got 0")
     if rows != cols:
         raise ValueError(f"accuracy matrix must be square (T, T), got shape {matrix.shape}")
     outside = ~((matrix >= 0.0) & (matrix <= 1.0))

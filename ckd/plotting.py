@@ -103,7 +103,7 @@ def figure_size(kind: str, n_panels: int, n_experiences: int) -> tuple[float, fl
         return cols * width, rows * height + 0.5 + 0.25 * legend_rows
     if kind == "accuracy_matrix":
         side = max(3.2, 0.4 * n_experiences + 1.2)
-        return cols * side + 1.0, rows * side + 0.4
+        return cols * side + 1.0, rows * (side + 0.4) + 0.4
     if kind == "comparison":
         return max(7.0, 2 * (_BAR_WIDTH_PER_SETTING * n_panels + 1.3)), 4.2
     raise ValueError(
@@ -137,7 +137,9 @@ def _stream_groups(
         raise ValueError("no results to plot")
     if stream is None:
         if len(streams) > 1:
-            raise ValueError(f"results hold several streams ({', '.join(streams)}): pass stream=")
+            raise ValueError(
+                f"results hold several streams ({', '.join(streams)}): choose one with stream= (--stream)"
+            )
         stream = streams[0]
     if stream not in streams:
         raise ValueError(f"stream {stream!r} not in the results; they hold {', '.join(streams)}")
@@ -171,6 +173,10 @@ def _panels(fig: Figure, n_panels: int, **kwargs: Any) -> list[Axes]:
     for ax in axes[n_panels:]:
         ax.set_visible(False)
     return axes[:n_panels]
+
+
+def _ticks(n_experiences: int) -> range:
+    return range(0, n_experiences, math.ceil(n_experiences / 10))
 
 
 def _experience_colors(n_experiences: int) -> list[Any]:
@@ -263,12 +269,13 @@ def plot_forgetting_curves(
         else:
             for j in range(t):
                 _band(ax, np.arange(j, t), stack[:, j:, j], colors[j], "o")
-            ax.set_xticks(range(t))
+            ax.set_xticks(_ticks(t))
             ax.set_xlim(-0.3, t - 0.7)
             ax.set_xlabel("after training experience")
         ax.set_title(_panel_title(setting, len(runs), show_scenario), fontsize=10)
         ax.grid(True, color="0.92")
-    axes[0].set_ylim(0, 100)
+    axes[0].set_ylim(0, 102)
+    axes[0].set_yticks(range(0, 101, 20))
     for ax in axes:
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("accuracy (%)")
@@ -316,9 +323,8 @@ def plot_accuracy_heatmaps(
                 ha="center", va="center", fontsize=fontsize,
                 color="white" if value < 60 else "black",
             )
-        ticks = range(0, t, max(1, math.ceil(t / 10)))
-        ax.set_xticks(ticks)
-        ax.set_yticks(ticks)
+        ax.set_xticks(_ticks(t))
+        ax.set_yticks(_ticks(t))
         ax.set_xlabel("test experience")
         ax.set_ylabel("after training experience")
         ax.set_title(_panel_title(setting, len(runs), show_scenario), fontsize=10)

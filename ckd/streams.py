@@ -39,8 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
-from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from avalanche.benchmarks.utils import (
     ConstantSequence,
     DataAttribute,
@@ -53,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = [
     "DatasetNotFoundError",
     "Stream",
+    "StreamOptions",
     "available_streams",
     "make_stream",
     "resolve_data_root",
@@ -85,10 +85,11 @@ _MD5 = {
     },
 }
 _IDX_DTYPE_CODE = 0x08
-_IDX_SHAPES = {"train": 60000, "test": 10000}
+_SPLIT_SIZES = {"train": 60000, "test": 10000}
 _MNIST_SIDE = 28
 
-_decoded: dict[Path, np.ndarray] = {}
+_decoded: dict[Path, tuple["_Source", "_Source"]] = {}
+"""Decoded (train, test) sources by resolved ``<root>/<dataset>/raw`` folder: each file is read once."""
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -151,13 +152,11 @@ def _parse_idx(data: bytes, n_dims: int) -> np.ndarray:
 
 
 def _read_idx(root: Path, dataset: str, stem: str, n_dims: int, n_items: int) -> np.ndarray:
-    """Decoded IDX file ``stem`` of ``dataset``: the verified ``.gz``, else the extracted file."""
+    """Decoded IDX file ``stem`` of ``dataset``: the MD5-verified ``.gz``, else the
+    already extracted file (checked for shape only)."""
     raw = root / dataset / "raw"
     gz_path, plain_path = raw / f"{stem}.gz", raw / stem
-    path = gz_path if gz_path.is_file() or not plain_path.is_file() else plain_path
-    key = path.resolve()
-    if key in _decoded:
-        return _decoded[key]
+    path = plain_path if plain_path.is_file() and not gz_path.is_file() else gz_path
     if not path.is_file():
         raise DatasetNotFoundError(_missing_files_message(root, dataset, f"{gz_path} is missing"))
     if path == gz_path:
@@ -176,7 +175,6 @@ def _read_idx(root: Path, dataset: str, stem: str, n_dims: int, n_items: int) ->
     if array.shape[0] != n_items:
         problem = f"{path} holds {array.shape[0]} items, expected {n_items}"
         raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
-    _decoded[key] = array
     return array
 
 
@@ -203,20 +201,23 @@ class _Source:
 
 def _as_source(images: np.ndarray, labels: np.ndarray, image_shape: tuple[int, ...], scale: float) -> _Source:
     flat = images.reshape(len(images), -1)
-    pixels = torch.zeros(len(images), flat.shape[1] + 1, dtype=torch.uint8)
-    pixels[:, :-1] = torch.from_numpy(flat.astype(np.uint8, copy=False))
-    return _Source(pixels, torch.from_numpy(labels.astype(np.int64)), image_shape, scale)
+    pixels = np.zeros((len(images), flat.shape[1] + 1), dtype=np.uint8)
+    pixels[:, :-1] = flat
+    return _Source(torch.from_numpy(pixels), torch.from_numpy(labels.astype(np.int64)), image_shape, scale)
 
 
 def _mnist_sources(root: Path, dataset: str) -> tuple[_Source, _Source]:
-    """``(train, test)`` sources of MNIST or FashionMNIST under ``root``."""
-    shape = (1, _MNIST_SIDE, _MNIST_SIDE)
-    split_sources = []
-    for split, n_items in _IDX_SHAPES.items():
-        images = _read_idx(root, dataset, _IDX_FILES[f"{split}-images"], 3, n_items)
-        labels = _read_idx(root, dataset, _IDX_FILES[f"{split}-labels"], 1, n_items)
-        split_sources.append(_as_source(images, labels, shape, 255.0))
-    return split_sources[0], split_sources[1]
+    """``(train, test)`` sources of MNIST or FashionMNIST under ``root``, decoded once per folder."""
+    key = (root / dataset / "raw").resolve()
+    if key not in _decoded:
+        shape = (1, _MNIST_SIDE, _MNIST_SIDE)
+        splits = []
+        for split, n_items in _SPLIT_SIZES.items():
+            images = _read_idx(root, dataset, _IDX_FILES[f"{split}-images"], 3, n_items)
+            labels = _read_idx(root, dataset, _IDX_FILES[f"{split}-labels"], 1, n_items)
+            splits.append(_as_source(images, labels, shape, 255.0))
+        _decoded[key] = (splits[0], splits[1])
+    return _decoded[key]
 
 
 def _digits_sources(seed: int) -> tuple[_Source, _Source]:
@@ -245,7 +246,7 @@ def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     """A random order of ``labels``' positions ``(N,)`` whose every prefix is
     class-proportional (within one sample per class)."""
     shuffled = rng.permutation(len(labels))
-    classes, inverse, counts = np.unique(labels[shuffled], return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(labels[shuffled], return_inverse=True, return_counts=True)
     by_class = np.argsort(inverse, kind="stable")
     first_of_class = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.empty(len(labels), dtype=np.int64)
@@ -307,22 +308,21 @@ class _PixelMapDataset(Dataset):
 
     def __init__(self, source: _Source, rows: np.ndarray, pixel_map: Tensor):
         self.source = source
-        self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        self.rows = np.ascontiguousarray(rows, dtype=np.int64)
         self.pixel_map = pixel_map
-        self.targets: list[int] = source.labels[self.rows].tolist()
-        self._row_list: list[int] = self.rows.tolist()
+        self.targets: list[int] = source.labels.numpy()[self.rows].tolist()
 
     def __len__(self) -> int:
-        return len(self._row_list)
+        return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        pixels = self.source.pixels[self._row_list[i]].index_select(0, self.pixel_map)
+        pixels = self.source.pixels.select(0, self.rows.item(i)).index_select(0, self.pixel_map)
         x = pixels.to(torch.float32).div_(self.source.scale).view(self.source.image_shape)
         return x, self.targets[i]
 
     def uint8_pixels(self) -> Tensor:
         """All samples' mapped pixels, ``(N, P)`` uint8."""
-        return self.source.pixels.index_select(0, self.rows).index_select(1, self.pixel_map)
+        return self.source.pixels.index_select(0, torch.from_numpy(self.rows)).index_select(1, self.pixel_map)
 
 
 def _avalanche_dataset(dataset: _PixelMapDataset, task: int) -> TaskAwareSupervisedClassificationDataset:
@@ -373,27 +373,26 @@ class Stream:
 
     def test_tensors(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         """Test experience ``i`` as ``(x (N, *input_shape) float32, y (N,) int64, task (N,) int64)``,
-        in the dataset's order. Decoded once; ``x`` is a fresh tensor on each call."""
+        in the dataset's order. Decoded once; every call returns fresh tensors."""
         if not 0 <= i < self.n_experiences:
             raise IndexError(f"test experience {i} out of range [0, {self.n_experiences})")
         if i not in self._test_cache:
             self._test_cache[i] = self._decode_test(i)
-        x, y, task = self._test_cache[i]
-        if not self._test_data:
-            return x.clone(), y, task
-        scale = self._test_data[i].source.scale
-        return x.to(torch.float32).div_(scale).view(-1, *self.input_shape), y, task
+        values, scale, y, task = self._test_cache[i]
+        x = values.to(torch.float32, copy=True).div_(scale).view(-1, *self.input_shape)
+        return x, y.clone(), task.clone()
 
-    def _decode_test(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``(uint8 pixels (N, P), y, task)`` from the pixel-map dataset, or
-        ``(x, y, task)`` read through a DataLoader for any other benchmark."""
-        dataset = self.benchmark.test_stream[i].dataset
+    def _decode_test(self, i: int) -> tuple[Tensor, float, Tensor, Tensor]:
+        """``(values, scale, y, task)`` with ``x = values / scale``: uint8 pixels of a
+        stream built here, else inputs read through a DataLoader."""
+        experience = self.benchmark.test_stream[i]
         if not self._test_data:
-            batches = list(DataLoader(dataset.eval(), batch_size=1024, shuffle=False))
-            return tuple(torch.cat([b[k] for b in batches]) for k in range(3))
-        source = self._test_data[i]
-        task = torch.tensor(list(dataset.targets_task_labels), dtype=torch.long)
-        return source.uint8_pixels(), torch.tensor(source.targets, dtype=torch.long), task
+            batches = list(DataLoader(experience.dataset.eval(), batch_size=1024, shuffle=False))
+            x, y, task = (torch.cat([b[k] for b in batches]) for k in range(3))
+            return x, 1.0, y, task
+        data = self._test_data[i]
+        y = torch.tensor(data.targets, dtype=torch.long)
+        return data.uint8_pixels(), data.source.scale, y, torch.full_like(y, experience.task_label)
 
 
 # ------------------------------------------------------------------- building
@@ -411,29 +410,20 @@ class StreamOptions:
     max_test_per_experience: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+        if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        if self.n_experiences is not None and (
-            isinstance(self.n_experiences, bool) or not isinstance(self.n_experiences, (int, np.integer)) or self.n_experiences < 1
-        ):
+        if self.n_experiences is not None and (not _is_int(self.n_experiences) or self.n_experiences < 1):
             raise ValueError(f"n_experiences must be an int >= 1 or None, got {self.n_experiences!r}")
         if not isinstance(self.validation_fraction, (int, float)) or not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         for name in ("max_train_per_experience", "max_test_per_experience"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
 
 
-@dataclass(frozen=True)
-class _Experience:
-    """Rows of the train and evaluation sources one experience reads, and how."""
-
-    train_rows: np.ndarray
-    eval_rows: np.ndarray
-    pixel_map: Tensor
-    task: int
-    classes: list[int]
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _split_classes(n_experiences: int | None) -> list[list[int]]:
@@ -476,24 +466,39 @@ def _build(
         eval_rows = _subsample(eval_rows, eval_labels, options.max_test_per_experience, eval_rng)
         train_sets.append(_PixelMapDataset(train, train_rows, pixel_map))
         eval_sets.append(_PixelMapDataset(eval_source, eval_rows, pixel_map))
+    classes = [sorted(c) for c, _, _ in plan]
     tasks = [task for _, _, task in plan]
-    benchmark = with_task_labels(
-        with_classes_timeline(
-            benchmark_from_datasets(
-                train=[_avalanche_dataset(d, t) for d, t in zip(train_sets, tasks)],
-                test=[_avalanche_dataset(d, t) for d, t in zip(eval_sets, tasks)],
-            )
-        )
+    benchmark = benchmark_from_datasets(
+        train=[_avalanche_dataset(d, t) for d, t in zip(train_sets, tasks)],
+        test=[_avalanche_dataset(d, t) for d, t in zip(eval_sets, tasks)],
     )
+    _annotate(benchmark, classes, tasks)
     return Stream(
         name=name,
         scenario=scenario,
         benchmark=benchmark,
         n_classes=N_CLASSES,
         input_shape=train.image_shape,
-        classes_per_experience=[sorted(classes) for classes, _, _ in plan],
+        classes_per_experience=classes,
         _test_data=tuple(eval_sets),
     )
+
+
+def _annotate(benchmark: CLScenario, classes: list[list[int]], tasks: list[int]) -> None:
+    """Set Avalanche's ``ClassesTimeline`` and ``TaskAware`` attributes on every
+    experience, as sorted lists. Avalanche's own decorators would find the classes
+    by iterating every target in Python (seconds for permuted-mnist); here they are known."""
+    every_class = set().union(*classes)
+    for stream in (benchmark.train_stream, benchmark.test_stream):
+        seen: set[int] = set()
+        for experience, current, task in zip(stream, classes, tasks):
+            experience.classes_in_this_experience = list(current)
+            experience.previous_classes = sorted(seen)
+            seen |= set(current)
+            experience.classes_seen_so_far = sorted(seen)
+            experience.future_classes = sorted(every_class - seen)
+            experience.task_label = task
+            experience.task_labels = [task]
 
 
 def _split_stream(name: str, load: Callable[[], tuple[_Source, _Source]], options: StreamOptions) -> Stream:

@@ -1,0 +1,129 @@
+"""Continual-learning methods by name: each builds an Avalanche strategy.
+
+Every builder takes the model, the run's training settings and its own
+arguments (documented defaults in ``METHOD_DEFAULTS``; unknown keys are errors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["METHOD_DEFAULTS", "TrainSettings", "available_methods", "make_strategy", "resolve_method_args"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    lr: float
+    batch_size: int
+    epochs: int
+    eval_batch_size: int
+    device: str
+    momentum: float = 0.0
+
+
+# Defaults follow the DER paper's tuned Seq-MNIST settings where they exist.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "naive": {},
+    "joint": {},
+    "replay": {"mem_size": 500, "replay_batch_size": 10, "policy": "reservoir"},
+    "lwf": {"alpha": 1.0, "temperature": 2.0},
+    "ewc": {"ewc_lambda": 100.0},
+    "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
+    "kd-replay": {
+        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
+        "beta": 1.0, "policy": "class_balanced",
+    },
+    "kd-replay-cached": {
+        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
+        "beta": 1.0, "policy": "class_balanced",
+    },
+}
+
+
+def available_methods() -> list[str]:
+    return sorted(METHOD_DEFAULTS)
+
+
+def resolve_method_args(method: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The method's defaults updated with ``overrides``; unknown methods or keys raise."""
+    if method not in METHOD_DEFAULTS:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
+    args = dict(METHOD_DEFAULTS[method])
+    for key, value in (overrides or {}).items():
+        if key not in args:
+            allowed = ", ".join(sorted(args)) or "none"
+            raise ValueError(f"method {method!r} has no setting {key!r} (settings: {allowed})")
+        args[key] = value
+    return args
+
+
+def _plugins_for(method: str, args: dict[str, Any]) -> list:
+    from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
+
+    from ckd.plugins import KDReplayPlugin
+
+    if method == "replay":
+        if args["policy"] not in ("reservoir", "experience_balanced"):
+            raise ValueError(f"replay policy must be 'reservoir' or 'experience_balanced', got {args['policy']!r}")
+        storage = (
+            ReservoirSamplingBuffer(args["mem_size"])
+            if args["policy"] == "reservoir"
+            else ExperienceBalancedBuffer(args["mem_size"], adaptive_size=True)
+        )
+        return [ReplayPlugin(args["mem_size"], batch_size_mem=args["replay_batch_size"], storage_policy=storage)]
+    if method == "lwf":
+        return [LwFPlugin(alpha=args["alpha"], temperature=args["temperature"])]
+    if method == "ewc":
+        return [EWCPlugin(ewc_lambda=args["ewc_lambda"])]
+    if method in ("kd-replay", "kd-replay-cached"):
+        teacher = "cached" if method == "kd-replay-cached" else "snapshot"
+        return [KDReplayPlugin(teacher=teacher, **args)]
+    return []
+
+
+def make_strategy(
+    method: str,
+    model: nn.Module,
+    settings: TrainSettings,
+    args: dict[str, Any],
+    seed: int = 0,
+    extra_plugins: list | None = None,
+):
+    """An Avalanche strategy for ``method`` with plain SGD at ``settings.lr``."""
+    from avalanche.training import DER, JointTraining, Naive
+    from avalanche.training.plugins import EvaluationPlugin
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    if "seed" in _accepts(method):
+        args = {**args, "seed": seed}
+    common: dict[str, Any] = dict(
+        model=model,
+        optimizer=optimizer,
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=settings.batch_size,
+        train_epochs=settings.epochs,
+        eval_mb_size=settings.eval_batch_size,
+        device=settings.device,
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
+    plugins = list(extra_plugins or [])
+    if method == "der":
+        return DER(
+            mem_size=args["mem_size"], batch_size_mem=args["replay_batch_size"],
+            alpha=args["alpha"], beta=args["beta"], plugins=plugins, **common,
+        )
+    if method == "joint":
+        return JointTraining(plugins=plugins, **common)
+    return Naive(plugins=_plugins_for(method, args) + plugins, **common)
+
+
+def _accepts(method: str) -> set[str]:
+    return {"seed"} if method in ("kd-replay", "kd-replay-cached") else set()
+
+
+BuilderFn = Callable[..., Any]

@@ -1,0 +1,403 @@
+"""Run one method on one stream with one seed, measure, and write the result JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ckd.metrics import compute_metrics
+
+__all__ = [
+    "AccuracyEvaluator",
+    "RunConfig",
+    "STREAM_DEFAULTS",
+    "config_from_result",
+    "result_path",
+    "run",
+    "run_to_file",
+    "write_json_atomic",
+]
+
+
+# Training settings by stream when a run does not give them. The MNIST family
+# follows the DER paper's protocol (one epoch, plain SGD, stream batch 10 for
+# Seq-MNIST and 128 for the 20-experience domain streams); the small digits
+# stream needs a few epochs to learn each experience.
+STREAM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "split-digits": {"epochs": 3, "lr": 0.1, "batch_size": 10},
+    "split-mnist": {"epochs": 1, "lr": 0.03, "batch_size": 10},
+    "split-fmnist": {"epochs": 1, "lr": 0.03, "batch_size": 10},
+    "permuted-mnist": {"epochs": 1, "lr": 0.1, "batch_size": 128},
+    "rotated-mnist": {"epochs": 1, "lr": 0.1, "batch_size": 128},
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that affects a run's numbers.
+
+    ``method_args`` override the method's defaults (``ckd.methods.METHOD_DEFAULTS``).
+    ``eval_every``: also evaluate every that many training iterations (0: only
+    after each experience) for fine-grained forgetting curves.
+    ``label`` names the setting in tables (default: the method name).
+    ``epochs``, ``lr`` and ``batch_size`` left as ``None`` take the stream's
+    defaults (``STREAM_DEFAULTS``).
+    """
+
+    stream: str
+    method: str
+    seed: int = 0
+    label: str | None = None
+    model: str = "mlp"
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    eval_batch_size: int = 1000
+    device: str = "cpu"
+    task_labels: bool = False
+    n_experiences: int | None = None
+    validation_fraction: float = 0.0
+    max_train_per_experience: int | None = None
+    max_test_per_experience: int | None = None
+    eval_every: int = 0
+    method_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ckd.methods import resolve_method_args
+        from ckd.streams import available_streams
+
+        if self.stream not in available_streams():
+            raise ValueError(f"unknown stream {self.stream!r}; available: {', '.join(available_streams())}")
+        for name, value in STREAM_DEFAULTS[self.stream].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        resolve_method_args(self.method, self.method_args)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+    @property
+    def name(self) -> str:
+        return self.label or self.method
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as written to the result: method defaults filled in."""
+        from ckd.methods import resolve_method_args
+
+        out = asdict(self)
+        out["method_args"] = resolve_method_args(self.method, self.method_args)
+        out["label"] = self.name
+        return out
+
+
+def config_from_result(result: dict[str, Any], **overrides: Any) -> RunConfig:
+    """The :class:`RunConfig` a result JSON was produced with (``overrides`` replace fields)."""
+    known = {f.name for f in fields(RunConfig)}
+    values = {k: v for k, v in result["config"].items() if k in known}
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def result_path(out_dir: str | os.PathLike, config: RunConfig) -> Path:
+    safe = config.name.replace("/", "_").replace(" ", "_")
+    return Path(out_dir) / f"{config.stream}__{safe}__seed{config.seed}.json"
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it over ``path``:
+    a reader sees the old file or the whole new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class AccuracyEvaluator:
+    """Accuracy of a model on every test experience of a stream, from in-memory tensors.
+
+    Class-IL accuracy takes the argmax over all outputs; task-IL accuracy the
+    argmax over the classes of the sample's own experience.
+    """
+
+    def __init__(self, stream, device: torch.device, batch_size: int) -> None:
+        self.device = device
+        self.batch_size = batch_size
+        self.test_sets = [
+            tuple(t.to(device) for t in stream.test_tensors(j)) for j in range(len(stream.benchmark.test_stream))
+        ]
+        n_out = stream.n_classes
+        self.class_masks = torch.zeros(len(self.test_sets), n_out, dtype=torch.bool, device=device)
+        for j, classes in enumerate(stream.classes_per_experience):
+            self.class_masks[j, classes] = True
+
+    @torch.no_grad()
+    def accuracies(self, model: torch.nn.Module) -> tuple[list[float], list[float]]:
+        """Class-IL and task-IL accuracy per test experience. A multi-head model
+        scores 0 on an experience whose task it has no head for yet."""
+        from avalanche.models.dynamic_modules import MultiTaskModule
+        from avalanche.models.utils import avalanche_forward
+
+        was_training = model.training
+        model.eval()
+        class_il, task_il = [], []
+        heads = set(model.known_train_tasks_labels) if isinstance(model, MultiTaskModule) else None
+        for j, (x, y, t) in enumerate(self.test_sets):
+            if heads is not None and not set(t.unique().tolist()) <= heads:
+                class_il.append(0.0)
+                task_il.append(0.0)
+                continue
+            correct = torch.zeros((), dtype=torch.long, device=self.device)
+            correct_task = torch.zeros((), dtype=torch.long, device=self.device)
+            for start in range(0, x.shape[0], self.batch_size):
+                sl = slice(start, start + self.batch_size)
+                logits = avalanche_forward(model, x[sl], t[sl])
+                correct += (logits.argmax(1) == y[sl]).sum()
+                mask = self.class_masks[j, : logits.shape[1]]
+                masked = logits.masked_fill(~mask, float("-inf"))
+                correct_task += (masked.argmax(1) == y[sl]).sum()
+            class_il.append(correct.item() / max(x.shape[0], 1))
+            task_il.append(correct_task.item() / max(x.shape[0], 1))
+        model.train(was_training)
+        return class_il, task_il
+
+
+def _peak_cpu_memory_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _versions() -> dict[str, str]:
+    import avalanche
+
+    import ckd
+
+    return {
+        "ckd": ckd.__version__,
+        "torch": torch.__version__,
+        "avalanche": avalanche.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _params_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress: bool = False) -> dict[str, Any]:
+    """Train ``config.method`` over the stream and return the result record.
+
+    A run whose parameters become NaN/inf is not an error: it is recorded with
+    ``"diverged": true`` and the experience where it happened (the accuracies
+    are what that model scores).
+    """
+    from ckd.methods import TrainSettings, make_strategy, resolve_method_args
+    from ckd.models import make_model
+    from ckd.streams import make_stream
+
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
+    seed_everything(config.seed)
+    stream = make_stream(
+        config.stream,
+        seed=config.seed,
+        data_root=data_root,
+        n_experiences=config.n_experiences,
+        task_labels=config.task_labels,
+        validation_fraction=config.validation_fraction,
+        max_train_per_experience=config.max_train_per_experience,
+        max_test_per_experience=config.max_test_per_experience,
+    )
+    model = make_model(config.model, stream.input_shape, stream.n_classes)
+    evaluator = AccuracyEvaluator(stream, device, config.eval_batch_size)
+    train_stream = stream.benchmark.train_stream
+    n_exp = len(train_stream)
+    iterations = [math.ceil(len(e.dataset) / config.batch_size) * config.epochs for e in train_stream]
+
+    extra = []
+    bar = _progress_bar(sum(iterations), f"{config.stream} {config.name} seed {config.seed}", progress)
+    if bar is not None:
+        extra.append(_ProgressPlugin(bar))
+    curve = None
+    if config.eval_every:
+        curve = _PeriodicEvaluation(evaluator, config.eval_every)
+        extra.append(curve)
+    settings = TrainSettings(config.lr, config.batch_size, config.epochs, config.eval_batch_size, config.device)
+    method_args = resolve_method_args(config.method, config.method_args)
+    strategy = make_strategy(config.method, model, settings, method_args, seed=config.seed, extra_plugins=extra)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    matrix, task_matrix, times = [], [], []
+    diverged_at = None
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="avalanche")
+            if config.method == "joint":
+                t0 = time.perf_counter()
+                strategy.train(train_stream)
+                row, task_row = evaluator.accuracies(strategy.model)
+                matrix, task_matrix = [row] * n_exp, [task_row] * n_exp
+                times = [time.perf_counter() - t0]
+                if not _params_finite(strategy.model):
+                    diverged_at = n_exp - 1
+            else:
+                for i, experience in enumerate(train_stream):
+                    # Seeded per experience so that a run resumed between experiences
+                    # replays the same shuffles as an uninterrupted one.
+                    torch.manual_seed(config.seed * 1000 + i)
+                    t0 = time.perf_counter()
+                    strategy.train(experience)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    times.append(time.perf_counter() - t0)
+                    row, task_row = evaluator.accuracies(strategy.model)
+                    matrix.append(row)
+                    task_matrix.append(task_row)
+                    if diverged_at is None and not _params_finite(strategy.model):
+                        diverged_at = i
+                        warnings.warn(f"{config.name} diverged (non-finite parameters) in experience {i}")
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - start
+
+    metrics = compute_metrics(matrix)
+    task_metrics = compute_metrics(task_matrix) if stream.scenario != "domain-il" else None
+    return {
+        "stream": config.stream,
+        "method": config.method,
+        "label": config.name,
+        "seed": config.seed,
+        "scenario": stream.scenario,
+        "config": config.resolved(),
+        "experience_classes": stream.classes_per_experience,
+        "accuracy_matrix": matrix,
+        **metrics,
+        "task_il_accuracy_matrix": task_matrix if task_metrics else None,
+        "final_average_task_il_accuracy": task_metrics["final_average_accuracy"] if task_metrics else None,
+        "diverged": diverged_at is not None,
+        "diverged_at_experience": diverged_at,
+        "curve": curve.record() if curve is not None else None,
+        "wall_time_s": wall,
+        "wall_time_per_experience_s": times,
+        "iterations_per_experience": iterations,
+        "peak_cpu_memory_mb": _peak_cpu_memory_mb(),
+        "peak_cuda_memory_mb": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "versions": _versions(),
+    }
+
+
+def run_to_file(
+    config: RunConfig,
+    out_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    progress: bool = False,
+    skip_existing: bool = True,
+) -> tuple[Path, bool]:
+    """Run and write ``result_path(out_dir, config)`` atomically.
+
+    Returns ``(path, ran)``. With ``skip_existing`` an existing result whose
+    config equals this one is kept and nothing runs.
+    """
+    path = result_path(out_dir, config)
+    if skip_existing and path.exists():
+        try:
+            existing = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            existing = None
+        if existing is not None and existing.get("config") == json.loads(json.dumps(config.resolved())):
+            return path, False
+    result = run(config, data_root=data_root, progress=progress)
+    write_json_atomic(path, result)
+    return path, True
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", file=sys.stderr, mininterval=1.0, leave=False)
+
+
+def _plugin_base():
+    from avalanche.core import SupervisedPlugin
+
+    return SupervisedPlugin
+
+
+class _ProgressPlugin(_plugin_base()):
+    def __init__(self, bar) -> None:
+        super().__init__()
+        self.bar = bar
+
+    def after_training_iteration(self, strategy, **kwargs) -> None:
+        self.bar.update(1)
+
+
+class _PeriodicEvaluation(_plugin_base()):
+    """Evaluate on every test experience each ``every`` training iterations."""
+
+    def __init__(self, evaluator: AccuracyEvaluator, every: int) -> None:
+        super().__init__()
+        self.evaluator = evaluator
+        self.every = every
+        self.iteration = 0
+        self.points: list[tuple[int, int, list[float]]] = []
+
+    def after_training_iteration(self, strategy, **kwargs) -> None:
+        self.iteration += 1
+        if self.iteration % self.every == 0:
+            accuracies, _ = self.evaluator.accuracies(strategy.model)
+            self.points.append((self.iteration, strategy.experience.current_experience, accuracies))
+
+    def record(self) -> dict[str, list]:
+        return {
+            "every": self.every,
+            "iteration": [p[0] for p in self.points],
+            "experience": [p[1] for p in self.points],
+            "accuracy": [p[2] for p in self.points],
+        }

@@ -1,0 +1,80 @@
+"""Suites: methods × streams × seeds × settings from a TOML file.
+
+```toml
+[suite]
+seeds = [0, 1, 2]            # default seeds of every run entry
+
+[defaults]                   # RunConfig fields shared by all entries
+epochs = 1
+batch_size = 10
+
+[[run]]
+stream = "split-mnist"       # a name or a list of names
+method = "der"
+label = "der++@200"          # optional; names the setting in tables
+seeds = [0, 1, 2, 3, 4]      # optional override
+lr = 0.03
+[run.args]                   # method settings (ckd.methods.METHOD_DEFAULTS)
+mem_size = 200
+beta = 1.0
+```
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ckd.runner import RunConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["load_suite"]
+
+_RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"method_args", "seed"}
+
+
+def load_suite(path: str | os.PathLike, device: str | None = None) -> list[RunConfig]:
+    """Expand a suite file into run configs (validated; unknown keys are errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"suite file not found: {path}")
+    spec = tomllib.loads(path.read_text())
+    unknown = set(spec) - {"suite", "defaults", "run", "search"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level tables {sorted(unknown)}")
+    default_seeds = spec.get("suite", {}).get("seeds", [0])
+    defaults = dict(spec.get("defaults", {}))
+    _check_keys(defaults, _RUN_FIELDS, f"{path} [defaults]")
+    entries = spec.get("run", [])
+    if not entries:
+        raise ValueError(f"{path}: no [[run]] entries")
+    configs: list[RunConfig] = []
+    for k, entry in enumerate(entries):
+        entry = dict(entry)
+        args = dict(entry.pop("args", {}))
+        seeds = entry.pop("seeds", default_seeds)
+        streams = entry.pop("stream", defaults.get("stream"))
+        streams = [streams] if isinstance(streams, str) else list(streams or [])
+        if not streams:
+            raise ValueError(f"{path}: [[run]] #{k} has no stream")
+        _check_keys(entry, _RUN_FIELDS, f"{path} [[run]] #{k}")
+        for stream in streams:
+            for seed in seeds:
+                values: dict[str, Any] = {**defaults, **entry, "stream": stream, "seed": int(seed)}
+                if device is not None:
+                    values["device"] = device
+                configs.append(RunConfig(method_args=args, **values))
+    return configs
+
+
+def _check_keys(table: dict, allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed - {"stream"}
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
