@@ -224,11 +224,16 @@ class ReplayBuffer:
         n_groups = groups.shape[0]
         quota = torch.full((n_groups,), self.mem_size // n_groups, dtype=torch.long, device=self.device)
         quota[: self.mem_size % n_groups] += 1
-        # Candidates of the new experience, in random order, ranked within their class.
+        # Old members keep their places up to the quota; new candidates, in random
+        # order, fill what is left of their group's quota (all of it for a new group).
+        room = quota.clone()
+        if self.size:
+            held = torch.bincount(_group_index(groups, self.experience, self.y), minlength=n_groups)
+            room -= torch.minimum(held, quota)
         perm = torch.randperm(y.shape[0], generator=self.generator, device=self.device)
         rank = _rank_within_group(y[perm])
         group_of = _group_index(groups, torch.full_like(y[perm], experience), y[perm])
-        return RefillPlan(perm[rank < quota[group_of]], groups, quota)
+        return RefillPlan(perm[rank < room[group_of]], groups, quota)
 
     def class_balanced_fill(
         self, plan: "RefillPlan", x: Tensor, y: Tensor, task: Tensor, experience: int

@@ -64,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--force", action="store_true")
     s.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    s.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     _add_common(s)
 
     m = sub.add_parser("summary", help="mean ± std over seeds, as Markdown and CSV")
@@ -118,9 +119,16 @@ def _cmd_run(args) -> int:
                     stream=args.stream, method=method, seed=seed, device=args.device,
                     task_labels=args.task_labels, method_args=method_args, **fields,
                 ))
+    paths = []
     for config in configs:
         path, ran = run_to_file(config, args.out, args.data_root, progress=not args.quiet, skip_existing=not args.force)
         _print_result(path, ran)
+        paths.append(path)
+    if len(paths) > 1:
+        from ckd.summary import format_markdown, summarize
+
+        print()
+        print(format_markdown(summarize([json.loads(p.read_text()) for p in paths])))
     return 0
 
 
@@ -133,11 +141,25 @@ def _cmd_suite(args) -> int:
         for c in configs:
             print(result_path(args.out, c))
         return 0
-    for k, config in enumerate(configs, 1):
-        if not args.quiet:
-            print(f"[{k}/{len(configs)}]", end=" ", flush=True)
-        path, ran = run_to_file(config, args.out, args.data_root, progress=not args.quiet, skip_existing=not args.force)
-        _print_result(path, ran)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs == 1:
+        for k, config in enumerate(configs, 1):
+            if not args.quiet:
+                print(f"[{k}/{len(configs)}]", end=" ", flush=True)
+            path, ran = run_to_file(config, args.out, args.data_root, progress=not args.quiet, skip_existing=not args.force)
+            _print_result(path, ran)
+        return 0
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = [
+            pool.submit(run_to_file, c, args.out, args.data_root, False, not args.force) for c in configs
+        ]
+        for future in as_completed(futures):
+            _print_result(*future.result())
     return 0
 
 

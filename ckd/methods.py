@@ -35,11 +35,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
     "kd-replay": {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced",
+        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
     },
     "kd-replay-cached": {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced",
+        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
     },
 }
 

@@ -31,6 +31,8 @@ class KDReplayConfig:
     (updated every minibatch). teacher: ``snapshot`` (run the frozen model on
     each replay batch) or ``cached`` (store its logits in the buffer once per
     experience). seed: the buffer's random generator.
+    known_classes_only: distil only the classes the teacher had been trained on
+    (per task); with False, all of the teacher's outputs (see :class:`Teacher`).
     """
 
     mem_size: int = 500
@@ -41,6 +43,7 @@ class KDReplayConfig:
     policy: str = "class_balanced"
     teacher: str = "snapshot"
     seed: int = 0
+    known_classes_only: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.mem_size, int) or self.mem_size < 1:
@@ -99,10 +102,11 @@ class KDReplayPlugin(SupervisedPlugin):
         policy: str = "class_balanced",
         teacher: str = "snapshot",
         seed: int = 0,
+        known_classes_only: bool = True,
     ) -> None:
         super().__init__()
         self.config = KDReplayConfig(
-            mem_size, alpha, temperature, replay_batch_size, beta, policy, teacher, seed
+            mem_size, alpha, temperature, replay_batch_size, beta, policy, teacher, seed, known_classes_only
         )
         self.buffer: ReplayBuffer | None = None
         self.teacher: Teacher | None = None
@@ -130,7 +134,13 @@ class KDReplayPlugin(SupervisedPlugin):
             self._refill_class_balanced(strategy, exp_id)
         model = strategy.model
         self.teacher = None  # release the previous snapshot before copying
-        self.teacher = Teacher(model, self.seen_classes, avalanche_forward, isinstance(model, MultiTaskModule))
+        self.teacher = Teacher(
+            model,
+            self.seen_classes,
+            avalanche_forward,
+            multi_task=isinstance(model, MultiTaskModule),
+            known_classes_only=self.config.known_classes_only,
+        )
         if self.config.teacher == "cached":
             self._cache_teacher_logits(strategy.eval_mb_size)
             self.teacher = None  # its logits are all the plugin needs
@@ -214,7 +224,12 @@ class KDReplayPlugin(SupervisedPlugin):
         targets = torch.as_tensor(list(dataset.targets), dtype=torch.long)
         plan = self.buffer.class_balanced_select(targets, exp_id)
         index = plan.index.cpu()
-        x, y, t = _load(dataset.subset(index.tolist()), strategy.eval_mb_size)
+        if index.numel():
+            x, y, t = _load(dataset.subset(index.tolist()), strategy.eval_mb_size)
+        elif self.buffer.is_empty:
+            return
+        else:  # nothing new to keep; old groups still shrink to their quota
+            x, y, t = self.buffer.x[:0], self.buffer.y[:0], self.buffer.task[:0]
         self.buffer.class_balanced_fill(plan, x, y, t, exp_id)
 
     def _cache_teacher_logits(self, batch_size: int) -> None:

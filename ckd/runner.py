@@ -56,6 +56,9 @@ class RunConfig:
     ``label`` names the setting in tables (default: the method name).
     ``epochs``, ``lr`` and ``batch_size`` left as ``None`` take the stream's
     defaults (``STREAM_DEFAULTS``).
+    ``threads``: intra-op CPU threads. The thread count changes floating-point
+    reduction order, so it is part of the config: one thread by default makes
+    CPU numbers identical across machines and lets suites run jobs side by side.
     """
 
     stream: str
@@ -74,6 +77,7 @@ class RunConfig:
     max_train_per_experience: int | None = None
     max_test_per_experience: int | None = None
     eval_every: int = 0
+    threads: int = 1
     method_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,6 +96,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ValueError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -235,6 +241,7 @@ def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress:
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
+    torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     stream = make_stream(
         config.stream,

@@ -27,6 +27,9 @@ class Teacher:
     take the task labels; the default ignores them).
     multi_task: the model has one head per task; samples of a task the teacher
     never saw get no soft target.
+    known_classes_only: restrict soft targets to the known classes. With False,
+    every output of the teacher is a target (for tasks it has seen): on a fixed
+    head its low scores for classes it never saw tell the student to keep them low.
     """
 
     def __init__(
@@ -35,12 +38,14 @@ class Teacher:
         known_classes: Tensor,
         forward: ForwardFn = default_forward,
         multi_task: bool = False,
+        known_classes_only: bool = True,
     ) -> None:
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
         self.known_classes = known_classes.clone().bool()
         self.forward = forward
         self.multi_task = multi_task
+        self.known_classes_only = known_classes_only
 
     @property
     def known_tasks(self) -> Tensor:
@@ -50,11 +55,14 @@ class Teacher:
     def class_mask(self, task: Tensor, num_classes: int) -> Tensor:
         """bool ``(B, num_classes)``: the classes the teacher knew for each sample's task."""
         known = self.known_classes.to(task.device)
+        in_range = task < known.shape[0]
+        row = task.clamp_max(known.shape[0] - 1)
+        if not self.known_classes_only:
+            seen_task = known.any(dim=1)[row] & in_range
+            return seen_task.unsqueeze(1).expand(task.shape[0], num_classes)
         width = min(num_classes, known.shape[1])
         mask = torch.zeros(task.shape[0], num_classes, dtype=torch.bool, device=task.device)
-        in_range = task < known.shape[0]
-        rows = known[task.clamp_max(known.shape[0] - 1), :width]
-        mask[:, :width] = rows & in_range.unsqueeze(1)
+        mask[:, :width] = known[row, :width] & in_range.unsqueeze(1)
         return mask
 
     def logits(self, x: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:

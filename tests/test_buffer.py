@@ -149,3 +149,12 @@ def test_pickle_round_trip_keeps_contents_and_random_state():
     copy = pickle.loads(pickle.dumps(buf))
     assert torch.equal(copy.x, buf.x) and copy.seen == buf.seen
     assert torch.equal(copy.sample(5).index, buf.sample(5).index)
+
+
+def test_class_balanced_refill_with_the_same_experience_again_stays_within_quota():
+    buf = ReplayBuffer(40, "class_balanced", seed=0)
+    _class_balanced_update(buf, torch.arange(0, 2).repeat(100), 0)
+    for _ in range(3):  # e.g. a strategy trained twice on experience 1
+        _class_balanced_update(buf, torch.arange(2, 4).repeat(100), 1)
+        assert len(buf) == 40
+        assert torch.bincount(buf.y, minlength=4).tolist() == [10, 10, 10, 10]

@@ -1,0 +1,238 @@
+"""Time per training iteration of kd-replay against its baselines, side by side in one process.
+
+Protocol: Seq-MNIST as in the DER paper (MLP 784-100-100-10, SGD, stream batch 10,
+one epoch). Every method first learns experience 0 (untimed, so that buffers and
+teachers exist), then experience 1 is timed. Methods are timed in turn, A B C …
+A B C …, ``--repeats`` times, and the median seconds per iteration is kept, so
+a drift in machine speed hits every method alike. Ratios are of medians.
+
+    python benchmarks/speed.py --data-root DIR --json speed.json [--quick] [--device cuda]
+    python benchmarks/speed.py --profile kd-replay    # where the time of one method goes
+
+Methods: ``raw_loop`` (plain PyTorch doing kd-replay's math: one forward over
+current + replayed rows, a teacher forward, soft KL + CE, backward, step; data
+as tensors, no DataLoader) — the lower bound; Avalanche ``Naive``; ``Naive`` +
+Avalanche ``ReplayPlugin`` at the same replay batch; Avalanche ``DER``;
+ckd ``kd-replay`` and ``kd-replay-cached``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import cProfile
+import io
+import json
+import math
+import platform
+import pstats
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ckd.losses import soft_kl
+from ckd.methods import TrainSettings, make_strategy
+from ckd.models import mlp
+from ckd.runner import write_json_atomic
+from ckd.streams import make_stream
+
+METHODS = ("raw_loop", "naive", "naive_replay", "der", "kd_replay", "kd_replay_cached")
+RATIOS = {
+    "kd_replay_vs_naive_replay": ("kd_replay", "naive_replay"),
+    "kd_replay_vs_der": ("kd_replay", "der"),
+    "kd_replay_vs_raw_loop": ("kd_replay", "raw_loop"),
+    "kd_replay_cached_vs_naive_replay": ("kd_replay_cached", "naive_replay"),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class AvalancheMethod:
+    """An Avalanche strategy trained on experience 0, then timed on experience 1."""
+
+    def __init__(self, name: str, stream, settings: TrainSettings, mem_size: int, replay_batch: int) -> None:
+        method, args = {
+            "naive": ("naive", {}),
+            "naive_replay": ("replay", {"mem_size": mem_size, "replay_batch_size": replay_batch, "policy": "reservoir"}),
+            "der": ("der", {"mem_size": mem_size, "replay_batch_size": replay_batch, "alpha": 1.0, "beta": 0.5}),
+            "kd_replay": ("kd-replay", _kd_args(mem_size, replay_batch)),
+            "kd_replay_cached": ("kd-replay-cached", _kd_args(mem_size, replay_batch)),
+        }[name]
+        torch.manual_seed(0)
+        self.model = mlp(stream.input_shape, stream.n_classes)
+        self.strategy = make_strategy(method, self.model, settings, args)
+        self.stream = stream
+        self.strategy.train(stream.benchmark.train_stream[0])
+        self.state = copy.deepcopy(self.strategy.model.state_dict())
+
+    def time_experience(self, experience) -> float:
+        self.strategy.model.load_state_dict(self.state)
+        device = torch.device(self.strategy.device)
+        _sync(device)
+        start = time.perf_counter()
+        self.strategy.train(experience)
+        _sync(device)
+        return time.perf_counter() - start
+
+
+def _kd_args(mem_size: int, replay_batch: int) -> dict:
+    return {"mem_size": mem_size, "replay_batch_size": replay_batch, "alpha": 1.0, "temperature": 2.0,
+            "beta": 1.0, "policy": "class_balanced"}
+
+
+class RawLoop:
+    """kd-replay's math in plain PyTorch: the lower bound for the same work."""
+
+    def __init__(self, stream, settings: TrainSettings, mem_size: int, replay_batch: int) -> None:
+        self.device = torch.device(settings.device)
+        self.settings = settings
+        self.replay_batch = replay_batch
+        torch.manual_seed(0)
+        self.model = mlp(stream.input_shape, stream.n_classes).to(self.device)
+        self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        x0, y0 = _tensors(stream.benchmark.train_stream[0].dataset, self.device)
+        keep = torch.randperm(x0.shape[0], device=self.device)[:mem_size]
+        self.buffer_x, self.buffer_y = x0[keep], y0[keep]
+        self.known = torch.zeros(stream.n_classes, dtype=torch.bool, device=self.device)
+        self.known[y0.unique()] = True
+        self.generator = torch.Generator(device=self.device).manual_seed(0)
+        self.data = {}
+
+    def time_experience(self, experience) -> float:
+        key = experience.current_experience
+        if key not in self.data:
+            self.data[key] = _tensors(experience.dataset, self.device)
+        x_all, y_all = self.data[key]
+        opt = torch.optim.SGD(self.model.parameters(), lr=self.settings.lr)
+        b, r = self.settings.batch_size, self.replay_batch
+        _sync(self.device)
+        start = time.perf_counter()
+        order = torch.randperm(x_all.shape[0], device=self.device)
+        for i in range(0, x_all.shape[0], b):
+            idx = order[i : i + b]
+            x, y = x_all[idx], y_all[idx]
+            slot = torch.rand(self.buffer_x.shape[0], generator=self.generator, device=self.device).topk(r).indices
+            x_r, y_r = self.buffer_x[slot], self.buffer_y[slot]
+            out = self.model(torch.cat([x, x_r]))
+            with torch.inference_mode():
+                target = self.teacher(x_r)
+            n = x.shape[0]
+            loss = F.cross_entropy(out[:n], y) + soft_kl(out[n:], target.clone(), 2.0, self.known)
+            loss = loss + F.cross_entropy(out[n:], y_r)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+def _tensors(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4096)
+    xs, ys = zip(*[(b[0], b[1]) for b in loader])
+    return torch.cat(xs).to(device), torch.cat(ys).to(device)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    stream = make_stream(
+        "split-mnist", seed=0, data_root=args.data_root,
+        max_train_per_experience=args.max_train, max_test_per_experience=100,
+    )
+    settings = TrainSettings(lr=0.03, batch_size=10, epochs=1, eval_batch_size=1000, device=args.device)
+    experience = stream.benchmark.train_stream[1]
+    iterations = math.ceil(len(experience.dataset) / settings.batch_size)
+    runners = {}
+    for name in args.methods:
+        runners[name] = (
+            RawLoop(stream, settings, args.mem_size, args.replay_batch)
+            if name == "raw_loop"
+            else AvalancheMethod(name, stream, settings, args.mem_size, args.replay_batch)
+        )
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    peak_cuda: dict[str, float | None] = {name: None for name in runners}
+    for _ in range(args.repeats):
+        for name, runner in runners.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            samples[name].append(runner.time_experience(experience) / iterations)
+            if device.type == "cuda":
+                peak_cuda[name] = torch.cuda.max_memory_allocated(device) / 2**20
+    seconds = {name: statistics.median(v) for name, v in samples.items()}
+    ratios = {
+        key: seconds[a] / seconds[b] for key, (a, b) in RATIOS.items() if a in seconds and b in seconds
+    }
+    return {
+        "protocol": "Seq-MNIST (DER): MLP 784-100-100-10, SGD lr 0.03, stream batch 10, experience 1 timed",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": args.threads,
+        "iterations_per_repeat": iterations,
+        "repeats": args.repeats,
+        "mem_size": args.mem_size,
+        "replay_batch_size": args.replay_batch,
+        "seconds_per_iteration": seconds,
+        "seconds_per_iteration_all": samples,
+        "peak_cuda_memory_mb": peak_cuda if device.type == "cuda" else None,
+        "ratios": ratios,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def profile(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    stream = make_stream("split-mnist", seed=0, data_root=args.data_root, max_train_per_experience=args.max_train)
+    settings = TrainSettings(lr=0.03, batch_size=10, epochs=1, eval_batch_size=1000, device=args.device)
+    runner = AvalancheMethod(args.profile, stream, settings, args.mem_size, args.replay_batch)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    runner.time_experience(stream.benchmark.train_stream[1])
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
+    print(out.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default=None, help="write the measurements here")
+    parser.add_argument("--quick", action="store_true", help="1000 images per experience, 3 repeats (< 2 min on 2 cores)")
+    parser.add_argument("--max-train", type=int, default=None, help="images per experience (default: all)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--mem-size", type=int, default=500)
+    parser.add_argument("--replay-batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--profile", default=None, choices=[m for m in METHODS if m != "raw_loop"],
+                        help="print a cProfile of one method's timed experience instead")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_train = args.max_train or 1000
+        args.repeats = 3
+    warnings.filterwarnings("ignore")
+    if args.profile:
+        profile(args)
+        return 0
+    result = measure(args)
+    print(f"{'method':<18} {'ms / iteration':>15}")
+    for name, sec in result["seconds_per_iteration"].items():
+        print(f"{name:<18} {1000 * sec:>15.3f}")
+    for key, value in result["ratios"].items():
+        print(f"{key:<34} {value:.3f}")
+    if args.json:
+        write_json_atomic(Path(args.json), result)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
