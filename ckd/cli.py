@@ -154,13 +154,22 @@ def _cmd_suite(args) -> int:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_die_with_parent) as pool:
         futures = [
             pool.submit(run_to_file, c, args.out, args.data_root, False, not args.force) for c in configs
         ]
         for future in as_completed(futures):
             _print_result(*future.result())
     return 0
+
+
+def _die_with_parent() -> None:
+    """A killed suite must not leave its workers running (Linux: PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def _cmd_summary(args) -> int:

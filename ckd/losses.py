@@ -28,8 +28,8 @@ def check_temperature(temperature: float) -> None:
 
 def known_class_mask(
     student_logits: Tensor, teacher_logits: Tensor, known_classes: Tensor | None
-) -> Tensor:
-    """Boolean mask ``(B, C_t)`` of the classes distillation may use.
+) -> Tensor | None:
+    """Boolean mask ``(B, C_t)`` of the classes distillation may use (``None``: all).
 
     The teacher may have fewer outputs than the student (a head that grew
     since the snapshot): only the teacher's ``C_t`` columns are compared.
@@ -52,7 +52,7 @@ def known_class_mask(
             "a student may grow new classes, not lose them"
         )
     if known_classes is None:
-        return torch.ones(batch, c_t, dtype=torch.bool, device=teacher_logits.device)
+        return None
     mask = known_classes.to(dtype=torch.bool, device=teacher_logits.device)
     if mask.shape[-1] != c_t:
         mask = mask[..., :c_t]
@@ -81,6 +81,10 @@ def soft_kl(
     c_t = teacher_logits.shape[1]
     z_s = student_logits[:, :c_t].float() / temperature
     z_t = teacher_logits.float() / temperature
+    if known_classes is None:  # every class is known: no masking work in the hot path
+        log_p_s = F.log_softmax(z_s, dim=1)
+        log_p_t = F.log_softmax(z_t, dim=1)
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum() * (temperature**2) / student_logits.shape[0]
     # A large finite value, not -inf: exp underflows to exactly 0 and 0·finite stays 0.
     neg = torch.finfo(torch.float32).min / 4
     log_p_s = F.log_softmax(z_s.masked_fill(~mask, neg), dim=1)

@@ -239,6 +239,8 @@ class KDReplayPlugin(SupervisedPlugin):
             index = torch.arange(start, min(start + batch_size, len(buf)), device=buf.device)
             rows = buf.gather(index)
             logits, mask = self.teacher.logits(rows.x, rows.task)
+            if mask is None:
+                mask = torch.ones_like(logits, dtype=torch.bool)
             buf.set_logits(index, logits, mask)
 
 

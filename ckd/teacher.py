@@ -65,8 +65,9 @@ class Teacher:
         mask[:, :width] = known[row, :width] & in_range.unsqueeze(1)
         return mask
 
-    def logits(self, x: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:
-        """Soft-target logits ``(B, C_t)`` and their class mask ``(B, C_t)``.
+    def logits(self, x: Tensor, task: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Soft-target logits ``(B, C_t)`` and their class mask ``(B, C_t)``
+        (``None`` when every output of every sample is a target).
 
         A multi-head teacher is only run on the samples of tasks it has a head for.
         """
@@ -82,6 +83,8 @@ class Teacher:
                 out = self.forward(self.model, x, task)
         # Leave inference mode: the targets enter an autograd graph as constants.
         out = out.clone()
+        if not self.known_classes_only and not self.multi_task:
+            return out, None  # every output of every sample is a target
         return out, self.class_mask(task, out.shape[1])
 
     def to(self, device: torch.device | str) -> "Teacher":

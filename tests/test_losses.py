@@ -128,3 +128,11 @@ def test_rkd_distance_hand_computed():
     student = torch.tensor([[0.0], [1.0], [3.0]])
     teacher = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
     assert rkd_distance(student, teacher).item() == pytest.approx(0.25 / 3, abs=1e-6)
+
+
+def test_soft_kl_without_mask_equals_all_true_mask():
+    torch.manual_seed(1)
+    s, t = torch.randn(5, 6), torch.randn(5, 6)
+    full = soft_kl(s, t, 3.0)
+    masked = soft_kl(s, t, 3.0, torch.ones(6, dtype=torch.bool))
+    assert full.item() == pytest.approx(masked.item(), rel=1e-6)

@@ -46,3 +46,11 @@ def test_class_mask_follows_each_samples_task():
         [True, True, False, False, False, False],
         [False] * 6,  # a task the teacher never saw
     ]
+
+
+def test_all_outputs_mode_targets_every_class_of_seen_tasks():
+    known = torch.tensor([[True, True, False]])
+    teacher = Teacher(_model(), known, known_classes_only=False)
+    logits, mask = teacher.logits(torch.randn(4, 4), torch.zeros(4, dtype=torch.long))
+    assert mask is None and logits.shape == (4, 3)
+    assert teacher.class_mask(torch.tensor([0, 1]), 3).tolist() == [[True] * 3, [False] * 3]

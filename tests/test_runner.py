@@ -1,0 +1,198 @@
+import json
+import os
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+import ckd.runner as runner_module
+from ckd.cli import main
+from ckd.runner import RunConfig, config_from_result, run, run_to_file, write_json_atomic
+from ckd.suite import load_suite
+
+SUITE = """
+[suite]
+seeds = [0, 1]
+
+[defaults]
+stream = "split-digits"
+epochs = 1
+
+[[run]]
+method = "naive"
+
+[[run]]
+method = "kd-replay"
+label = "kd-replay@100"
+[run.args]
+mem_size = 100
+"""
+
+
+def test_same_seed_gives_the_same_numbers_and_other_seeds_differ():
+    a = run(RunConfig("split-digits", "kd-replay", seed=3, epochs=1))
+    b = run(RunConfig("split-digits", "kd-replay", seed=3, epochs=1))
+    c = run(RunConfig("split-digits", "kd-replay", seed=4, epochs=1))
+    assert a["accuracy_matrix"] == b["accuracy_matrix"]
+    assert a["accuracy_matrix"] != c["accuracy_matrix"]
+
+
+def test_result_record_has_the_documented_fields():
+    result = run(RunConfig("split-digits", "replay", seed=0, epochs=1, eval_every=20))
+    for key in (
+        "stream", "method", "seed", "config", "accuracy_matrix", "final_average_accuracy",
+        "average_forgetting", "average_forgetting_avalanche", "bwt", "wall_time_s",
+        "peak_cpu_memory_mb", "peak_cuda_memory_mb", "versions", "task_il_accuracy_matrix",
+    ):
+        assert key in result, key
+    matrix = result["accuracy_matrix"]
+    assert len(matrix) == 5 and all(len(row) == 5 for row in matrix)
+    assert all(0.0 <= v <= 1.0 for row in matrix for v in row)
+    assert result["final_average_accuracy"] == pytest.approx(sum(matrix[-1]) / 5)
+    assert result["peak_cuda_memory_mb"] is None and result["peak_cpu_memory_mb"] > 0
+    assert result["config"]["method_args"]["mem_size"] == 500  # defaults are recorded
+    assert set(result["versions"]) >= {"ckd", "torch", "avalanche"}
+    # Task-IL (logits masked to the experience's classes) is never below class-IL.
+    assert all(t >= c for t, c in zip(result["task_il_accuracy_matrix"][-1], matrix[-1]))
+    curve = result["curve"]
+    assert curve["every"] == 20 and len(curve["iteration"]) == len(curve["accuracy"]) > 0
+    json.dumps(result, allow_nan=False)
+
+
+def test_joint_training_trains_once_on_the_whole_stream():
+    result = run(RunConfig("split-digits", "joint", seed=0, epochs=2))
+    assert all(row == result["accuracy_matrix"][0] for row in result["accuracy_matrix"])
+    assert result["final_average_accuracy"] > 0.8
+    assert result["average_forgetting"] == 0.0
+
+
+def test_run_config_validates_its_fields():
+    with pytest.raises(ValueError, match="unknown stream 'split-cifar'"):
+        RunConfig("split-cifar", "naive")
+    with pytest.raises(ValueError, match="unknown method 'icarl'"):
+        RunConfig("split-digits", "icarl")
+    with pytest.raises(ValueError, match="method 'naive' has no setting 'mem_size'"):
+        RunConfig("split-digits", "naive", method_args={"mem_size": 10})
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        RunConfig("split-digits", "naive", lr=0.0)
+    with pytest.raises(ValueError, match="mem_size must be an integer >= 1, got 0"):
+        run(RunConfig("split-digits", "kd-replay", method_args={"mem_size": 0}))
+
+
+def test_suite_resumes_without_rerunning_finished_runs(tmp_path, monkeypatch):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    configs = load_suite(suite)
+    assert [(c.name, c.seed) for c in configs] == [
+        ("naive", 0), ("naive", 1), ("kd-replay@100", 0), ("kd-replay@100", 1)
+    ]
+    out = tmp_path / "results"
+    assert main(["suite", str(suite), "--out", str(out), "--quiet"]) == 0
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 4
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+
+    calls = []
+    monkeypatch.setattr(runner_module, "run", lambda *a, **k: calls.append(a) or pytest.fail("re-ran"))
+    assert main(["suite", str(suite), "--out", str(out), "--quiet"]) == 0
+    assert calls == [] and {f: f.stat().st_mtime_ns for f in files} == stamps
+
+    # A changed setting is a different run: only that one runs again.
+    suite.write_text(SUITE.replace("mem_size = 100", "mem_size = 60"))
+    monkeypatch.undo()
+    ran = []
+    original = runner_module.run
+    monkeypatch.setattr(runner_module, "run", lambda *a, **k: ran.append(a[0].name) or original(*a, **k))
+    assert main(["suite", str(suite), "--out", str(out), "--quiet"]) == 0
+    assert ran == ["kd-replay@100", "kd-replay@100"]
+
+
+def test_an_interrupted_run_leaves_no_result_file(tmp_path, monkeypatch):
+    import ckd.methods
+
+    original = ckd.methods.make_strategy
+
+    def interrupted(*args, **kwargs):
+        strategy = original(*args, **kwargs)
+        train = strategy.train
+
+        def train_then_die(experience, **kw):
+            if experience.current_experience == 2:
+                raise KeyboardInterrupt
+            return train(experience, **kw)
+
+        strategy.train = train_then_die
+        return strategy
+
+    monkeypatch.setattr(ckd.methods, "make_strategy", interrupted)
+    config = RunConfig("split-digits", "naive", epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_to_file(config, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(ValueError):
+        write_json_atomic(path, {"a": float("nan")})  # not valid JSON: refused
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_cli_run_summary_plot_and_from_result(tmp_path, capsys):
+    out, figures = tmp_path / "results", tmp_path / "figures"
+    assert main(["run", "--stream", "split-digits", "--method", "naive", "kd-replay", "--seeds", "0", "1",
+                 "--epochs", "1", "--mem-size", "80", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| split-digits |" in printed and "kd-replay" in printed
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 4
+    result = json.loads((out / "split-digits__kd-replay__seed1.json").read_text())
+    assert result["config"]["method_args"]["mem_size"] == 80
+
+    assert main(["summary", str(out)]) == 0
+    assert (out / "summary.md").read_text().count("split-digits") >= 2
+    assert (out / "summary.csv").stat().st_size > 0
+
+    assert main(["plot", str(out), "--out", str(figures)]) == 0
+    pngs = sorted(figures.glob("*.png"))
+    assert [p.name for p in pngs] == [
+        "split-digits_accuracy_matrix.png", "split-digits_comparison.png", "split-digits_forgetting_curves.png"
+    ]
+    for png in pngs:
+        height, width, _ = matplotlib.image.imread(png).shape
+        assert width >= 600 and height >= 300
+
+    rerun_dir = tmp_path / "rerun"
+    assert main(["run", "--from-result", str(out / "split-digits__kd-replay__seed1.json"),
+                 "--out", str(rerun_dir), "--quiet"]) == 0
+    rerun = json.loads((rerun_dir / "split-digits__kd-replay__seed1.json").read_text())
+    assert rerun["config"] == result["config"]
+    assert rerun["accuracy_matrix"] == result["accuracy_matrix"]
+    assert config_from_result(result) == config_from_result(rerun)
+
+
+def test_cli_reports_missing_data_and_unknown_stream(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CKD_DATA_ROOT", raising=False)
+    code = main(["run", "--stream", "split-mnist", "--method", "naive", "--data-root", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "train-images-idx3-ubyte.gz" in err and "CKD_DATA_ROOT" in err
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").iterdir())
+
+    assert main(["run", "--stream", "split-cifar", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "unknown stream 'split-cifar'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.mnist
+def test_cli_runs_split_mnist_from_the_data_root(tmp_path, mnist_root):
+    out = tmp_path / "results"
+    assert main(["run", "--stream", "split-mnist", "--method", "kd-replay", "--seeds", "0", "--mem-size", "200",
+                 "--data-root", str(mnist_root), "--out", str(out), "--quiet",
+                 "--set", "replay_batch_size=16"]) == 0
+    result = json.loads(next(out.glob("*.json")).read_text())
+    assert result["stream"] == "split-mnist" and len(result["accuracy_matrix"]) == 5
+    assert result["final_average_accuracy"] > 0.6
