@@ -82,8 +82,10 @@ def _grid(n_panels: int) -> tuple[int, int]:
     return math.ceil(n_panels / cols), cols
 
 
-def _legend_columns(n_experiences: int) -> int:
-    return min(n_experiences + 1, 6)
+def _legend_columns(n_experiences: int, panel_columns: int) -> int:
+    """Legend entries per row: as many as fit the figure's width (about 1.8 in each)."""
+    fit = max(1, int(panel_columns * _CURVE_PANEL[0] / 1.8))
+    return min(n_experiences + 1, 6, fit)
 
 
 def figure_size(kind: str, n_panels: int, n_experiences: int) -> tuple[float, float]:
@@ -98,7 +100,7 @@ def figure_size(kind: str, n_panels: int, n_experiences: int) -> tuple[float, fl
         raise ValueError(f"n_experiences must be >= 1, got {n_experiences}")
     rows, cols = _grid(n_panels)
     if kind == "forgetting_curves":
-        legend_rows = math.ceil((n_experiences + 1) / _legend_columns(n_experiences))
+        legend_rows = math.ceil((n_experiences + 1) / _legend_columns(n_experiences, cols))
         width, height = _CURVE_PANEL
         return cols * width, rows * height + 0.5 + 0.25 * legend_rows
     if kind == "accuracy_matrix":
@@ -287,7 +289,7 @@ def plot_forgetting_curves(
     handles.append(Patch(color="0.5", alpha=0.3, label="± std over seeds"))
     fig.legend(
         handles=handles, loc="outside lower center",
-        ncols=_legend_columns(n_experiences), fontsize=8, frameon=False,
+        ncols=_legend_columns(n_experiences, _grid(len(groups))[1]), fontsize=8, frameon=False,
         title="test experience", title_fontsize=8,
     )
     fig.suptitle(f"{stream}: accuracy on each test experience as training advances")
