@@ -35,7 +35,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
     "kd-replay": {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
+        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "teacher": "snapshot",
     },
     "kd-replay-cached": {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
@@ -81,8 +81,9 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
     if method == "ewc":
         return [EWCPlugin(ewc_lambda=args["ewc_lambda"])]
     if method in ("kd-replay", "kd-replay-cached"):
-        teacher = "cached" if method == "kd-replay-cached" else "snapshot"
-        return [KDReplayPlugin(teacher=teacher, **args)]
+        if method == "kd-replay-cached":
+            args = {**args, "teacher": "cached"}
+        return [KDReplayPlugin(**args)]
     return []
 
 

@@ -16,7 +16,7 @@ from ckd.teacher import Teacher
 
 __all__ = ["KDReplayConfig", "KDReplayPlugin", "ReplayStep", "TEACHER_MODES"]
 
-TEACHER_MODES = ("snapshot", "cached")
+TEACHER_MODES = ("snapshot", "cached", "own")
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,9 @@ class KDReplayConfig:
     replay_batch_size: replayed samples added to each training minibatch.
     policy: ``class_balanced`` (refilled after each experience) or ``reservoir``
     (updated every minibatch). teacher: ``snapshot`` (run the frozen model on
-    each replay batch) or ``cached`` (store its logits in the buffer once per
-    experience). seed: the buffer's random generator.
+    each replay batch), ``cached`` (store its logits for the whole buffer after
+    each experience) or ``own`` (each sample keeps the logits of the snapshot
+    taken at the end of its own experience: computed once, never refreshed). seed: the buffer's random generator.
     known_classes_only: distil only the classes the teacher had been trained on
     (per task); with False, all of the teacher's outputs (see :class:`Teacher`).
     """
@@ -141,8 +142,8 @@ class KDReplayPlugin(SupervisedPlugin):
             multi_task=isinstance(model, MultiTaskModule),
             known_classes_only=self.config.known_classes_only,
         )
-        if self.config.teacher == "cached":
-            self._cache_teacher_logits(strategy.eval_mb_size)
+        if self.config.teacher in ("cached", "own"):
+            self._cache_teacher_logits(strategy.eval_mb_size, only_new=self.config.teacher == "own")
             self.teacher = None  # its logits are all the plugin needs
 
     def after_training_epoch(self, strategy, **kwargs) -> None:
@@ -198,12 +199,12 @@ class KDReplayPlugin(SupervisedPlugin):
     # --------------------------------------------------------------- helpers
     def _replay_has_a_loss(self) -> bool:
         has_targets = self.teacher is not None or (
-            self.config.teacher == "cached" and self.buffer.logits is not None
+            self.config.teacher in ("cached", "own") and self.buffer.logits is not None
         )
         return self.config.beta > 0 or (self.config.alpha > 0 and has_targets)
 
     def _soft_targets(self, sample: ReplaySample) -> tuple[Tensor | None, Tensor | None]:
-        if self.config.teacher == "cached":
+        if self.config.teacher in ("cached", "own"):
             return sample.logits, sample.logits_mask
         if self.teacher is None:
             return None, None
@@ -232,11 +233,14 @@ class KDReplayPlugin(SupervisedPlugin):
             x, y, t = self.buffer.x[:0], self.buffer.y[:0], self.buffer.task[:0]
         self.buffer.class_balanced_fill(plan, x, y, t, exp_id)
 
-    def _cache_teacher_logits(self, batch_size: int) -> None:
-        """One batched teacher pass over the whole buffer."""
+    def _cache_teacher_logits(self, batch_size: int, only_new: bool = False) -> None:
+        """Batched teacher passes over the buffer (``only_new``: the slots with no logits yet)."""
         buf = self.buffer
-        for start in range(0, len(buf), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(buf)), device=buf.device)
+        slots = torch.arange(len(buf), device=buf.device)
+        if only_new and buf.logits_mask is not None:
+            slots = (~buf.logits_mask.any(dim=1)).nonzero().squeeze(1)
+        for start in range(0, slots.shape[0], batch_size):
+            index = slots[start : start + batch_size]
             rows = buf.gather(index)
             logits, mask = self.teacher.logits(rows.x, rows.task)
             if mask is None:

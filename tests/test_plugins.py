@@ -309,3 +309,19 @@ def test_plugin_trains_on_cuda(digits):
             break
         strategy.train(exp)
     assert kd.buffer.x.device.type == "cuda" and kd.replay is not None
+
+
+@pytest.mark.parametrize("teacher, refreshed", [("own", False), ("cached", True)])
+def test_cached_logits_are_refreshed_or_kept_from_the_samples_own_experience(digits, teacher, refreshed):
+    kd = KDReplayPlugin(mem_size=60, teacher=teacher, beta=1.0, known_classes_only=False)
+    strategy = _strategy(_mlp(), [kd], epochs=1)
+    _train(strategy, digits, experiences={0})
+    x0, logits0 = kd.buffer.x.clone(), kd.buffer.logits.clone()
+    _train(strategy, digits, experiences={1})
+    old = (kd.buffer.experience == 0).nonzero().squeeze(1)
+    assert 0 < old.numel() < 60
+    # Match each surviving experience-0 sample to its row before the refill.
+    match = (kd.buffer.x[old].flatten(1)[:, None] == x0.flatten(1)[None]).all(-1).float().argmax(1)
+    same = torch.allclose(kd.buffer.logits[old], logits0[match])
+    assert same is not refreshed
+    assert kd.buffer.logits_mask.all()
