@@ -212,13 +212,22 @@ def check_loss_terms(args: argparse.Namespace) -> None:
 # ----------------------------------------------------- 3. timing of targets
 
 
-def train_der_loop(stream, timing: str, lr: float, beta: float, seed: int) -> list[str]:
+def replay_mse_sharpness(model: nn.Module, memory: ReplayBuffer) -> tuple[float, float]:
+    """Top Hessian eigenvalue of ``alpha * MSE`` on one replay minibatch, and the
+    root-mean-square of its target logits."""
+    sample = memory.sample(REPLAY_BATCH_SIZE)
+    sharpness = top_hessian_eigenvalue(lambda: ALPHA * F.mse_loss(model(sample.x), sample.logits), model)
+    return sharpness, float(sample.logits.pow(2).mean().sqrt())
+
+
+def train_der_loop(stream, timing: str, lr: float, beta: float, seed: int) -> list[float]:
     """DER(++) with a stream-wide reservoir memory (``ckd.buffer.ReplayBuffer``).
 
     Loss per step: ``CE(current) + alpha * MSE(replayed logits, stored logits)
     + beta * CE(replayed)``, one replay minibatch for both replay terms.
     ``timing`` (see ``TIMINGS``) decides which memory is replayed and which
     logits it holds; the memory itself is filled the same way in every mode.
+    Prints one line per experience; returns the average accuracy after each.
     """
     torch.manual_seed(seed)
     model = make_model("mlp", stream.input_shape, stream.n_classes)
@@ -227,15 +236,13 @@ def train_der_loop(stream, timing: str, lr: float, beta: float, seed: int) -> li
     every_class = torch.ones(stream.n_classes, dtype=torch.bool)
     memory = ReplayBuffer(MEM_SIZE, "reservoir", seed=seed)
     replayed = memory if timing == "authors" else None  # late modes replay a snapshot taken at the boundary
-    lines = []
+    averages = []
     for i, experience in enumerate(stream.benchmark.train_stream):
         torch.manual_seed(seed * 1000 + i)
-        boundary = ""
-        if i == 1 and replayed is not None:
-            sample = replayed.sample(REPLAY_BATCH_SIZE)
-            sharpness = top_hessian_eigenvalue(lambda: ALPHA * F.mse_loss(model(sample.x), sample.logits), model)
-            rms = sample.logits.pow(2).mean().sqrt()
-            boundary = f" | at boundary: target rms {rms:.2f}, eig(alpha*mse) {sharpness:.1f} (2/lr={2 / lr:.0f})"
+        notes = ""
+        if i == 1:
+            sharpness, rms = replay_mse_sharpness(model, replayed)
+            notes += f" | at start: target rms {rms:.2f}, eig(alpha*mse) {sharpness:.1f} (2/lr = {2 / lr:.0f})"
         largest_mse = torch.zeros(())
         for x, y, t in DataLoader(experience.dataset, batch_size=BATCH_SIZE, shuffle=True):
             out = model(x)
@@ -252,6 +259,8 @@ def train_der_loop(stream, timing: str, lr: float, beta: float, seed: int) -> li
             slots = memory.reservoir_add(x, y, t, experience=i)
             kept = slots >= 0
             memory.set_logits(slots[kept], out.detach()[kept], every_class)
+        if i >= 1:
+            notes += f" | at end: eig(alpha*mse) {replay_mse_sharpness(model, replayed)[0]:.1f}"
         if timing == "avalanche":
             own = (memory.experience == i).nonzero().squeeze(1)
             with torch.no_grad():
@@ -259,8 +268,9 @@ def train_der_loop(stream, timing: str, lr: float, beta: float, seed: int) -> li
         if timing != "authors":
             replayed = copy.deepcopy(memory)
         acc = average_accuracy(evaluator, model, i + 1)
-        lines.append(f"exp {i}: avg acc {acc:.3f} | largest mse {float(largest_mse):.3g}{boundary}")
-    return lines
+        averages.append(acc)
+        print(f"exp {i}: avg acc {acc:.3f} | largest mse {float(largest_mse):.3g}{notes}", flush=True)
+    return averages
 
 
 def check_timing(args: argparse.Namespace) -> None:
@@ -268,8 +278,7 @@ def check_timing(args: argparse.Namespace) -> None:
     stream = domain_stream(args)
     for timing, description in TIMINGS.items():
         print(f"\n-- {timing}: {description} --")
-        for line in train_der_loop(stream, timing, args.lr, beta=0.5, seed=args.seed):
-            print(line)
+        train_der_loop(stream, timing, args.lr, beta=0.5, seed=args.seed)
 
 
 CHECKS = {"alignment": check_alignment, "loss": check_loss_terms, "timing": check_timing}

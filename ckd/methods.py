@@ -36,10 +36,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "kd-replay": {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
         "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "teacher": "snapshot",
+        "current_classes_only": False,
     },
     "kd-replay-cached": {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
+        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "current_classes_only": False,
     },
 }
 

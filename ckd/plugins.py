@@ -34,6 +34,10 @@ class KDReplayConfig:
     taken at the end of its own experience: computed once, never refreshed). seed: the buffer's random generator.
     known_classes_only: distil only the classes the teacher had been trained on
     (per task); with False, all of the teacher's outputs (see :class:`Teacher`).
+    current_classes_only: the strategy's loss on the current samples sees only
+    the logits of the current experience's classes, so learning new classes
+    does not push the old ones down (the asymmetric cross-entropy of ER-ACE,
+    Caccia et al., 2022). Replayed samples keep the whole head.
     """
 
     mem_size: int = 500
@@ -45,6 +49,7 @@ class KDReplayConfig:
     teacher: str = "snapshot"
     seed: int = 0
     known_classes_only: bool = True
+    current_classes_only: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.mem_size, int) or self.mem_size < 1:
@@ -104,10 +109,12 @@ class KDReplayPlugin(SupervisedPlugin):
         teacher: str = "snapshot",
         seed: int = 0,
         known_classes_only: bool = True,
+        current_classes_only: bool = False,
     ) -> None:
         super().__init__()
         self.config = KDReplayConfig(
-            mem_size, alpha, temperature, replay_batch_size, beta, policy, teacher, seed, known_classes_only
+            mem_size, alpha, temperature, replay_batch_size, beta, policy, teacher, seed,
+            known_classes_only, current_classes_only,
         )
         self.buffer: ReplayBuffer | None = None
         self.teacher: Teacher | None = None
@@ -116,6 +123,7 @@ class KDReplayPlugin(SupervisedPlugin):
         self.replay: ReplayStep | None = None
         self._current: tuple[Tensor, Tensor, Tensor] | None = None
         self._finite: Tensor | None = None
+        self._current_classes: Tensor | None = None
 
     # ------------------------------------------------------------- experience
     def before_training_exp(self, strategy, **kwargs) -> None:
@@ -126,6 +134,8 @@ class KDReplayPlugin(SupervisedPlugin):
         if self.teacher is not None:
             self.teacher.to(device)
         self._finite = torch.ones((), dtype=torch.bool, device=device)
+        classes = torch.as_tensor(list(strategy.experience.classes_in_this_experience), dtype=torch.long)
+        self._current_classes = classes.to(device)
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         experience = strategy.experience
@@ -169,13 +179,17 @@ class KDReplayPlugin(SupervisedPlugin):
         self.replay = ReplayStep(rows=slice(n, n + sample.x.shape[0]), sample=sample)
 
     def after_forward(self, strategy, **kwargs) -> None:
-        if self.replay is None:
-            return
-        n = self.replay.rows.start
-        self.replay.student_logits = strategy.mb_output[self.replay.rows]
-        strategy.mb_output = strategy.mb_output[:n]
-        for i, current in enumerate(self._current):
-            strategy.mbatch[i] = current
+        if self.replay is not None:
+            n = self.replay.rows.start
+            self.replay.student_logits = strategy.mb_output[self.replay.rows]
+            strategy.mb_output = strategy.mb_output[:n]
+            for i, current in enumerate(self._current):
+                strategy.mbatch[i] = current
+        if self.config.current_classes_only and self.teacher_or_logits_exist():
+            out = strategy.mb_output
+            keep = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
+            keep[self._current_classes[self._current_classes < out.shape[1]]] = True
+            strategy.mb_output = out.masked_fill(~keep, torch.finfo(out.dtype).min / 4)
 
     def before_backward(self, strategy, **kwargs) -> None:
         if self.replay is None:
@@ -197,6 +211,10 @@ class KDReplayPlugin(SupervisedPlugin):
         self._current = None
 
     # --------------------------------------------------------------- helpers
+    def teacher_or_logits_exist(self) -> bool:
+        """Whether an experience has ended, i.e. there are old classes to protect."""
+        return self.teacher is not None or (self.buffer is not None and self.buffer.logits is not None)
+
     def _replay_has_a_loss(self) -> bool:
         has_targets = self.teacher is not None or (
             self.config.teacher in ("cached", "own") and self.buffer.logits is not None

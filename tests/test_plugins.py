@@ -325,3 +325,22 @@ def test_cached_logits_are_refreshed_or_kept_from_the_samples_own_experience(dig
     same = torch.allclose(kd.buffer.logits[old], logits0[match])
     assert same is not refreshed
     assert kd.buffer.logits_mask.all()
+
+
+def test_current_classes_only_masks_old_classes_for_the_current_loss(digits):
+    kd = KDReplayPlugin(mem_size=60, replay_batch_size=8, beta=1.0, current_classes_only=True)
+    seen = []
+
+    class Spy(SupervisedPlugin):
+        def before_backward(self, strategy, **kwargs):
+            if kd.replay is not None:
+                seen.append((strategy.mb_output.detach().clone(), kd.replay.student_logits.detach().clone()))
+
+    _train(_strategy(_mlp(), [kd, Spy()], epochs=1), digits, experiences={0, 1})
+    assert seen
+    for current, replayed in seen:
+        # Experience 1 holds classes 2 and 3: every other logit of a current row is masked.
+        others = [c for c in range(10) if c not in (2, 3)]
+        assert torch.all(current[:, others] < -1e30)
+        assert torch.all(current[:, [2, 3]] > -1e30)
+        assert torch.all(replayed > -1e30)  # replayed rows keep the whole head
