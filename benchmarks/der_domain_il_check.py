@@ -4,7 +4,8 @@ Three checks, each printed as a table:
 
 1. ``alignment`` — Avalanche's ``ClassBalancedBufferWithLogits`` with a frozen
    model (lr 0): every stored logit row must equal ``model(x)`` of the sample it
-   is stored with, in a class-IL stream (split-mnist) and a domain-IL stream.
+   is stored with, in a class-IL stream (split-mnist) and a domain-IL stream
+   ("control": the same comparison with the logits shifted by one row).
 2. ``loss`` — Avalanche's ``DER`` on the domain stream: the largest value of
    each loss term per experience, the largest |logit|, non-finite steps, and the
    top Hessian eigenvalue of each term at the first experience boundary next to
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 import warnings
 from typing import Callable
@@ -79,12 +79,12 @@ def average_accuracy(evaluator: AccuracyEvaluator, model: nn.Module, seen: int) 
     return sum(accuracies[:seen]) / seen
 
 
-def domain_stream(args: argparse.Namespace, n_experiences: int | None = None):
+def domain_stream(args: argparse.Namespace):
     return make_stream(
         args.stream,
         seed=args.seed,
         data_root=args.data_root,
-        n_experiences=n_experiences or args.experiences,
+        n_experiences=args.experiences,
         max_train_per_experience=args.max_train,
     )
 
@@ -96,19 +96,23 @@ def der_args(beta: float) -> dict:
 # ------------------------------------------------------- 1. logit alignment
 
 
-def buffer_logit_errors(strategy) -> Tensor:
-    """``(M,)`` max |stored logits - model(x)| of each row of a DER strategy's buffer."""
+def buffer_logit_errors(strategy) -> tuple[Tensor, Tensor]:
+    """``(M,)`` max |stored logits - model(x)| of each row of a DER strategy's
+    buffer, and the same with the stored logits shifted by one row (a control:
+    what a misalignment looks like)."""
     model = strategy.model.eval()
-    errors = []
+    errors, shifted = [], []
     with torch.no_grad():
         for x, _, _, stored in DataLoader(strategy.storage_policy.buffer, batch_size=1000):
-            errors.append((model(x) - stored).abs().amax(dim=1))
-    return torch.cat(errors)
+            out = model(x)
+            errors.append((out - stored).abs().amax(dim=1))
+            shifted.append((out - stored.roll(1, dims=0)).abs().amax(dim=1))
+    return torch.cat(errors), torch.cat(shifted)
 
 
 def check_alignment(args: argparse.Namespace) -> None:
     print("\n== 1. logit/sample alignment in Avalanche's DER buffer (frozen model: lr 0) ==")
-    print(f"{'stream':16s} {'exp':>3s} {'buffer':>6s} {'max |err|':>10s} {'misaligned':>10s}")
+    print(f"{'stream':16s} {'exp':>3s} {'buffer':>6s} {'max |err|':>10s} {'misaligned':>10s} {'control':>8s}")
     streams = [
         ("split-mnist", make_stream("split-mnist", seed=args.seed, data_root=args.data_root,
                                     max_train_per_experience=args.max_train)),
@@ -121,9 +125,10 @@ def check_alignment(args: argparse.Namespace) -> None:
         strategy = make_strategy("der", model, settings, der_args(beta=0.5), seed=args.seed)
         for i, experience in enumerate(stream.benchmark.train_stream):
             strategy.train(experience)
-            errors = buffer_logit_errors(strategy)
+            errors, shifted = buffer_logit_errors(strategy)
             misaligned = (errors > 1e-4).float().mean()
-            print(f"{name:16s} {i:3d} {errors.numel():6d} {errors.max():10.3g} {misaligned:10.1%}")
+            control = (shifted > 1e-4).float().mean()
+            print(f"{name:16s} {i:3d} {errors.numel():6d} {errors.max():10.3g} {misaligned:10.1%} {control:8.1%}")
 
 
 # ------------------------------------------------ 2. Avalanche DER loss terms
