@@ -124,6 +124,7 @@ class KDReplayPlugin(SupervisedPlugin):
         self._current: tuple[Tensor, Tensor, Tensor] | None = None
         self._finite: Tensor | None = None
         self._current_classes: Tensor | None = None
+        self._cached_logits_cover_all = False
 
     # ------------------------------------------------------------- experience
     def before_training_exp(self, strategy, **kwargs) -> None:
@@ -155,6 +156,8 @@ class KDReplayPlugin(SupervisedPlugin):
         if self.config.teacher in ("cached", "own"):
             self._cache_teacher_logits(strategy.eval_mb_size, only_new=self.config.teacher == "own")
             self.teacher = None  # its logits are all the plugin needs
+            # One sync per experience; a reservoir write invalidates a slot and resets it.
+            self._cached_logits_cover_all = bool(self.buffer.logits_mask.all())
 
     def after_training_epoch(self, strategy, **kwargs) -> None:
         if self._finite is not None and not bool(self._finite):
@@ -208,6 +211,7 @@ class KDReplayPlugin(SupervisedPlugin):
         if self.config.policy == "reservoir" and self._current is not None:
             x, y, t = self._current
             self.buffer.reservoir_add(x, y, t, strategy.experience.current_experience)
+            self._cached_logits_cover_all = False
         self._current = None
 
     # --------------------------------------------------------------- helpers
@@ -223,7 +227,8 @@ class KDReplayPlugin(SupervisedPlugin):
 
     def _soft_targets(self, sample: ReplaySample) -> tuple[Tensor | None, Tensor | None]:
         if self.config.teacher in ("cached", "own"):
-            return sample.logits, sample.logits_mask
+            # Every cached row covers every class: skip the masking work in the step.
+            return sample.logits, None if self._cached_logits_cover_all else sample.logits_mask
         if self.teacher is None:
             return None, None
         return self.teacher.logits(sample.x, sample.task)

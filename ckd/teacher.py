@@ -54,16 +54,25 @@ class Teacher:
 
     def class_mask(self, task: Tensor, num_classes: int) -> Tensor:
         """bool ``(B, num_classes)``: the classes the teacher knew for each sample's task."""
-        known = self.known_classes.to(task.device)
-        in_range = task < known.shape[0]
-        row = task.clamp_max(known.shape[0] - 1)
-        if not self.known_classes_only:
-            seen_task = known.any(dim=1)[row] & in_range
-            return seen_task.unsqueeze(1).expand(task.shape[0], num_classes)
-        width = min(num_classes, known.shape[1])
-        mask = torch.zeros(task.shape[0], num_classes, dtype=torch.bool, device=task.device)
-        mask[:, :width] = known[row, :width] & in_range.unsqueeze(1)
-        return mask
+        table = self._mask_table(num_classes, task.device)
+        return table[task.clamp_max(table.shape[0] - 1)]
+
+    def _mask_table(self, num_classes: int, device: torch.device) -> Tensor:
+        """bool ``(n_tasks + 1, num_classes)``; the last row (tasks never seen) is all False.
+        Built once per width and device, so a training step only indexes it."""
+        key = (num_classes, str(device))
+        if getattr(self, "_tables", None) is None:
+            self._tables = {}
+        if key not in self._tables:
+            known = self.known_classes
+            table = torch.zeros(known.shape[0] + 1, num_classes, dtype=torch.bool)
+            if self.known_classes_only:
+                width = min(num_classes, known.shape[1])
+                table[:-1, :width] = known[:, :width]
+            else:
+                table[:-1] = known.any(dim=1, keepdim=True)
+            self._tables[key] = table.to(device)
+        return self._tables[key]
 
     def logits(self, x: Tensor, task: Tensor) -> tuple[Tensor, Tensor | None]:
         """Soft-target logits ``(B, C_t)`` and their class mask ``(B, C_t)``
