@@ -75,6 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("results")
     pl.add_argument("--out", default="figures")
     pl.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    pl.add_argument("--labels", nargs="+", default=None, metavar="PATTERN",
+                    help="only these settings (shell patterns on the label, e.g. '*@500')")
     return parser
 
 
@@ -188,7 +190,7 @@ def _cmd_summary(args) -> int:
 def _cmd_plot(args) -> int:
     from ckd.plotting import plot_all
 
-    paths = plot_all(args.results, args.out, fmt=args.format)
+    paths = plot_all(args.results, args.out, fmt=args.format, labels=args.labels)
     if not paths:
         print(f"ckd: no result JSON under {args.results}", file=sys.stderr)
         return 1

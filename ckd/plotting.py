@@ -9,6 +9,7 @@ results must hold exactly one.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
 import os
@@ -25,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ckd.metrics import accuracy_matrix
-from ckd.summary import Setting, group_runs, load_results, summarize
+from ckd.summary import Setting, group_runs, load_results, setting_label, summarize
 
 __all__ = [
     "DPI",
@@ -386,16 +387,22 @@ def plot_all(
     results_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     fmt: str = "png",
+    labels: Sequence[str] | None = None,
 ) -> list[Path]:
     """All three figures for every stream under ``results_dir``; returns the paths written.
 
     Files are ``<stream>_forgetting_curves.<fmt>``, ``<stream>_accuracy_matrix.<fmt>``
     and ``<stream>_comparison.<fmt>`` in ``out_dir``; ``fmt`` is png (150 dpi), pdf or svg.
+    ``labels``: keep only the settings whose label matches one of these shell-style
+    patterns (e.g. ``"*@500"``).
     """
     _check_format(fmt)
     results = load_results(results_dir)
+    if labels:
+        results = [r for r in results if any(fnmatch.fnmatchcase(setting_label(r), p) for p in labels)]
     if not results:
-        raise ValueError(f"no result JSONs (files with an 'accuracy_matrix') under {results_dir}")
+        raise ValueError(f"no result JSONs (files with an 'accuracy_matrix') under {results_dir}"
+                         + (f" matching {list(labels)}" if labels else ""))
     out = Path(out_dir)
     written: list[Path] = []
     for stream in sorted({str(run.get("stream")) for run in results}):

@@ -164,6 +164,11 @@ def test_cli_run_summary_plot_and_from_result(tmp_path, capsys):
         height, width, _ = matplotlib.image.imread(png).shape
         assert width >= 600 and height >= 300
 
+    only = tmp_path / "only"
+    assert main(["plot", str(out), "--out", str(only), "--labels", "kd-*"]) == 0
+    assert len(list(only.glob("*.png"))) == 3
+    assert main(["plot", str(out), "--out", str(only), "--labels", "der*"]) == 2  # nothing matches
+
     rerun_dir = tmp_path / "rerun"
     assert main(["run", "--from-result", str(out / "split-digits__kd-replay__seed1.json"),
                  "--out", str(rerun_dir), "--quiet"]) == 0
