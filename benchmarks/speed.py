@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ckd.losses import soft_kl
 from ckd.methods import TrainSettings, make_strategy
 from ckd.models import mlp
-from ckd.runner import write_json_atomic
+from ckd.runner import device_name, write_json_atomic
 from ckd.streams import make_stream
 
 METHODS = ("raw_loop", "naive", "naive_replay", "der", "kd_replay", "kd_replay_cached")
@@ -171,7 +171,7 @@ def measure(args: argparse.Namespace) -> dict:
     }
     return {
         "protocol": "Seq-MNIST (DER): MLP 784-100-100-10, SGD lr 0.03, stream batch 10, experience 1 timed",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "threads": args.threads,
         "iterations_per_repeat": iterations,
         "repeats": args.repeats,

@@ -14,7 +14,7 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +411,20 @@ def plot_all(
         written.append(plot_accuracy_heatmaps(results, out / f"{stem}_accuracy_matrix.{fmt}", stream))
         written.append(plot_method_comparison(results, out / f"{stem}_comparison.{fmt}", stream))
     return written
+
+
+def figure_main(plot: Callable[..., Path], description: str, argv: Sequence[str] | None = None) -> None:
+    """Command line of the single-figure scripts in ``plots/``:
+    ``RESULTS_DIR --out FILE.{png,pdf,svg} [--stream S]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("results_dir", type=Path, help="directory of result JSONs (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True, help="figure file; its suffix picks png, pdf or svg")
+    parser.add_argument("--stream", default=None, help="stream to draw; needed when the results hold several")
+    args = parser.parse_args(argv)
+    try:
+        path = plot(load_results(args.results_dir), args.out, stream=args.stream)
+    except (ValueError, NotADirectoryError) as err:
+        parser.error(str(err))
+    print(path)

@@ -223,6 +223,21 @@ def _versions() -> dict[str, str]:
     }
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model (``/proc/cpuinfo`` on Linux) with the thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} thread(s), {os.cpu_count()} cores)"
+
+
 def _params_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -332,7 +347,7 @@ def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress:
         "peak_cuda_memory_mb": (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         ),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "versions": _versions(),
     }
 
