@@ -113,3 +113,24 @@ def test_method_colors_are_fixed_for_known_and_stable_for_unknown_methods():
 def test_figure_size_rejects_unknown_kind():
     with pytest.raises(ValueError, match="'pie'"):
         figure_size("pie", 1, 1)
+
+
+def test_plot_scripts_write_the_figure_named_on_the_command_line(results_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for script in ("forgetting_curves", "accuracy_heatmap", "method_comparison"):
+        out = tmp_path / f"{script}.svg"
+        done = subprocess.run(
+            [sys.executable, str(root / "plots" / f"{script}.py"), str(results_dir), "--out", str(out)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert out.read_text().lstrip().startswith("<?xml")
+    bad = subprocess.run(
+        [sys.executable, str(root / "plots" / "method_comparison.py"), str(tmp_path / "none"), "--out", str(tmp_path / "x.png")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "error" in bad.stderr
