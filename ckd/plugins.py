@@ -17,6 +17,9 @@ from ckd.teacher import Teacher
 __all__ = ["KDReplayConfig", "KDReplayPlugin", "ReplayStep", "TEACHER_MODES"]
 
 TEACHER_MODES = ("snapshot", "cached", "own")
+# Batch of the once-per-experience passes (buffer refill, logit caching): independent of
+# the strategy's eval_mb_size, which Avalanche defaults to 1.
+_PASS_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ class KDReplayPlugin(SupervisedPlugin):
             known_classes_only=self.config.known_classes_only,
         )
         if self.config.teacher in ("cached", "own"):
-            self._cache_teacher_logits(strategy.eval_mb_size, only_new=self.config.teacher == "own")
+            self._cache_teacher_logits(_PASS_BATCH, only_new=self.config.teacher == "own")
             self.teacher = None  # its logits are all the plugin needs
             # One sync per experience; a reservoir write invalidates a slot and resets it.
             self._cached_logits_cover_all = bool(self.buffer.logits_mask.all())
@@ -249,7 +252,7 @@ class KDReplayPlugin(SupervisedPlugin):
         plan = self.buffer.class_balanced_select(targets, exp_id)
         index = plan.index.cpu()
         if index.numel():
-            x, y, t = _load(dataset.subset(index.tolist()), strategy.eval_mb_size)
+            x, y, t = _load(dataset.subset(index.tolist()), _PASS_BATCH)
         elif self.buffer.is_empty:
             return
         else:  # nothing new to keep; old groups still shrink to their quota
