@@ -30,6 +30,20 @@ __all__ = ["POLICIES", "RefillPlan", "ReplayBuffer", "ReplaySample"]
 POLICIES = ("reservoir", "class_balanced")
 
 
+_STORAGE = ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask")
+
+
+class _Filled:
+    """Read-only view of the filled rows of a storage tensor (``None`` before any insertion)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.storage = "_" + name
+
+    def __get__(self, buffer: "ReplayBuffer", owner: type | None = None) -> Tensor | None:
+        tensor = getattr(buffer, self.storage)
+        return None if tensor is None else tensor[: buffer.size]
+
+
 @dataclass
 class RefillPlan:
     """What a class-balanced refill keeps: ``index`` into the new experience,
@@ -115,29 +129,12 @@ class ReplayBuffer:
             mask[:, : self._logits.shape[1]] = self._logits_mask
         self._logits, self._logits_mask = logits, mask
 
-    @property
-    def x(self) -> Tensor | None:
-        return None if self._x is None else self._x[: self.size]
-
-    @property
-    def y(self) -> Tensor | None:
-        return None if self._y is None else self._y[: self.size]
-
-    @property
-    def task(self) -> Tensor | None:
-        return None if self._task is None else self._task[: self.size]
-
-    @property
-    def experience(self) -> Tensor | None:
-        return None if self._experience is None else self._experience[: self.size]
-
-    @property
-    def logits(self) -> Tensor | None:
-        return None if self._logits is None else self._logits[: self.size]
-
-    @property
-    def logits_mask(self) -> Tensor | None:
-        return None if self._logits_mask is None else self._logits_mask[: self.size]
+    x = _Filled()
+    y = _Filled()
+    task = _Filled()
+    experience = _Filled()
+    logits = _Filled()
+    logits_mask = _Filled()
 
     def _check_input(self, x: Tensor, y: Tensor, task: Tensor) -> None:
         if not (x.shape[0] == y.shape[0] == task.shape[0]):
@@ -167,7 +164,7 @@ class ReplayBuffer:
         device = torch.device(device)
         if device == self.device:
             return self
-        for name in ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask"):
+        for name in _STORAGE:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
@@ -249,7 +246,7 @@ class ReplayBuffer:
         if n_old + n_new > self.mem_size:
             raise RuntimeError(f"class-balanced refill overflows: {n_old} + {n_new} > {self.mem_size}")
         # Compact the kept old samples to the front (gather first: source and destination overlap).
-        for name in ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask"):
+        for name in _STORAGE:
             t = getattr(self, name)
             if t is not None:
                 t[:n_old] = t[keep_old].clone()
@@ -301,7 +298,7 @@ class ReplayBuffer:
             "size": self.size,
             "seen": self.seen,
             "generator": self.generator.get_state(),
-            **{name: getattr(self, name) for name in ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask")},
+            **{name: getattr(self, name) for name in _STORAGE},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -311,7 +308,7 @@ class ReplayBuffer:
                 f"this buffer (mem_size={self.mem_size}, policy={self.policy!r})"
             )
         self.size, self.seen, self.seed = state["size"], state["seen"], state["seed"]
-        for name in ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask"):
+        for name in _STORAGE:
             t = state[name]
             setattr(self, name, None if t is None else t.to(self.device))
         self.generator.set_state(state["generator"])
