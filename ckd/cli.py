@@ -107,6 +107,13 @@ def _cmd_run(args) -> int:
             ).items() if v is not None
         }
         configs = []
+        if len(args.method) > 1:
+            from ckd.methods import resolve_method_args
+
+            known = set().union(*(resolve_method_args(m) for m in args.method))
+            unknown = sorted(set(sets) - known)
+            if unknown:
+                raise ValueError(f"no method among {args.method} has the setting(s) {unknown}")
         for method in args.method:
             method_args = dict(sets)
             if args.mem_size is not None:

@@ -201,3 +201,10 @@ def test_cli_runs_split_mnist_from_the_data_root(tmp_path, mnist_root):
     result = json.loads(next(out.glob("*.json")).read_text())
     assert result["stream"] == "split-mnist" and len(result["accuracy_matrix"]) == 5
     assert result["final_average_accuracy"] > 0.6
+
+
+def test_cli_rejects_a_setting_no_method_has(tmp_path, capsys):
+    code = main(["run", "--stream", "split-digits", "--method", "naive", "kd-replay", "--set", "tempreature=3",
+                 "--out", str(tmp_path), "--quiet"])
+    assert code == 2 and "tempreature" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
