@@ -208,3 +208,17 @@ def test_cli_rejects_a_setting_no_method_has(tmp_path, capsys):
                  "--out", str(tmp_path), "--quiet"])
     assert code == 2 and "tempreature" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_suite_with_parallel_jobs_writes_the_same_results_as_serial(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE.replace("seeds = [0, 1]", "seeds = [0]"))
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    assert main(["suite", str(suite), "--out", str(serial), "--quiet"]) == 0
+    assert main(["suite", str(suite), "--out", str(parallel), "--quiet", "--jobs", "2"]) == 0
+    names = sorted(p.name for p in serial.glob("*.json"))
+    assert names == sorted(p.name for p in parallel.glob("*.json")) and len(names) == 2
+    for name in names:
+        a, b = (json.loads((d / name).read_text()) for d in (serial, parallel))
+        assert a["accuracy_matrix"] == b["accuracy_matrix"]
