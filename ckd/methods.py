@@ -38,6 +38,16 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "teacher": "snapshot",
         "current_classes_only": False,
     },
+    "kd-feature": {
+        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
+        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
+        "feature_weight": 1.0, "feature_metric": "l2",
+    },
+    "kd-relation": {
+        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
+        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
+        "relation_weight": 1.0,
+    },
     "kd-replay-cached": {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
         "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "current_classes_only": False,
@@ -63,6 +73,7 @@ def resolve_method_args(method: str, overrides: dict[str, Any] | None = None) ->
 
 
 def _plugins_for(method: str, args: dict[str, Any]) -> list:
+    args = dict(args)
     from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
     from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 
@@ -85,6 +96,14 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
         if method == "kd-replay-cached":
             args = {**args, "teacher": "cached"}
         return [KDReplayPlugin(**args)]
+    if method in ("kd-feature", "kd-relation"):
+        from ckd.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
+
+        extra = {k: args.pop(k) for k in ("feature_weight", "feature_metric", "relation_weight") if k in args}
+        kd = KDReplayPlugin(**args)
+        if method == "kd-feature":
+            return [kd, FeatureDistillationPlugin(kd, weight=extra["feature_weight"], metric=extra["feature_metric"])]
+        return [kd, RelationDistillationPlugin(kd, weight=extra["relation_weight"])]
     return []
 
 
@@ -125,7 +144,7 @@ def make_strategy(
 
 
 def _accepts(method: str) -> set[str]:
-    return {"seed"} if method in ("kd-replay", "kd-replay-cached") else set()
+    return {"seed"} if method.startswith("kd-") else set()
 
 
 BuilderFn = Callable[..., Any]

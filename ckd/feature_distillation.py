@@ -1,0 +1,166 @@
+"""Feature- and relation-based distillation on the samples a KDReplayPlugin replays.
+
+Both plugins ride on a :class:`~ckd.plugins.KDReplayPlugin` with
+``teacher="snapshot"``: they read which rows of the step were replayed and the
+frozen teacher it keeps, capture activations with forward hooks (any
+``nn.Module``; by default the input of the model's last ``nn.Linear``, i.e. the
+penultimate representation), and add their term to ``strategy.loss``. Hooks
+live only while an epoch trains.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.models.utils import avalanche_forward
+from torch import Tensor, nn
+
+from ckd.losses import feature_distance, rkd_angle, rkd_distance
+from ckd.plugins import KDReplayPlugin
+
+__all__ = ["FeatureDistillationPlugin", "RelationDistillationPlugin", "PENULTIMATE"]
+
+PENULTIMATE = "penultimate"
+
+
+def _last_linear(model: nn.Module) -> nn.Module:
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is None:
+        raise ValueError("the model has no nn.Linear layer: name the modules to distil explicitly")
+    return last
+
+
+def _resolve(model: nn.Module, name: str) -> tuple[nn.Module, bool]:
+    """The module for ``name`` and whether its *input* (not output) is the feature."""
+    if name == PENULTIMATE:
+        return _last_linear(model), True
+    return model.get_submodule(name), False
+
+
+@contextmanager
+def _capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Record the features named ``names`` while the block runs; hooks removed after."""
+    store: dict[str, Tensor] = {}
+    handles = []
+    for name in names:
+        module, use_input = _resolve(model, name)
+
+        def hook(_module, inputs, output, name=name, use_input=use_input):
+            store[name] = inputs[0] if use_input else output
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class _Weighted:
+    weight: float
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+
+
+class _ReplayFeaturePlugin(SupervisedPlugin):
+    def __init__(self, replay: KDReplayPlugin, modules: Sequence[str], weight: float) -> None:
+        super().__init__()
+        if replay.config.teacher != "snapshot":
+            raise ValueError(
+                f"feature and relation distillation need the teacher model: the KDReplayPlugin has "
+                f"teacher={replay.config.teacher!r}, use 'snapshot'"
+            )
+        if not modules:
+            raise ValueError("modules must name at least one module (or 'penultimate')")
+        _Weighted(weight)
+        self.replay = replay
+        self.modules = list(modules)
+        self.weight = weight
+        self._student_features: dict[str, Tensor] = {}
+        self._capture = None
+
+    # Hooks live per epoch: they are gone before the KDReplayPlugin snapshots the
+    # model at the end of the experience, so the teacher never inherits them.
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        self._capture = _capture(strategy.model, self.modules)
+        self._student_features = self._capture.__enter__()
+
+    def after_training_epoch(self, strategy, **kwargs) -> None:
+        if self._capture is not None:
+            self._capture.__exit__(None, None, None)
+            self._capture = None
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        step, teacher = self.replay.replay, self.replay.teacher
+        if step is None or teacher is None or self.weight == 0:
+            return
+        with _capture(teacher.model, self.modules) as teacher_features, torch.inference_mode():
+            avalanche_forward(teacher.model, step.sample.x, step.sample.task)
+        loss = sum(
+            self.term(self._student_features[name][step.rows].flatten(1), teacher_features[name].flatten(1).clone())
+            for name in self.modules
+        )
+        strategy.loss += self.weight * loss
+
+    def term(self, student: Tensor, teacher: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_capture"], state["_student_features"] = None, {}
+        return state
+
+
+class FeatureDistillationPlugin(_ReplayFeaturePlugin):
+    """``weight · distance(f_student(x_r), f_teacher(x_r))`` on replayed samples, summed
+    over ``modules`` (names from ``model.named_modules()``, or ``"penultimate"``);
+    ``metric`` is ``"l2"`` (mean squared error) or ``"cosine"`` (1 − cosine)."""
+
+    def __init__(
+        self,
+        replay: KDReplayPlugin,
+        modules: Sequence[str] = (PENULTIMATE,),
+        weight: float = 1.0,
+        metric: str = "l2",
+    ) -> None:
+        if metric not in ("l2", "cosine"):
+            raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
+        super().__init__(replay, modules, weight)
+        self.metric = metric
+
+    def term(self, student: Tensor, teacher: Tensor) -> Tensor:
+        return feature_distance(student, teacher, self.metric)
+
+
+class RelationDistillationPlugin(_ReplayFeaturePlugin):
+    """RKD (Park et al., 2019) on the embeddings of a replay minibatch:
+    ``weight · (distance_weight · L_dist + angle_weight · L_angle)``."""
+
+    def __init__(
+        self,
+        replay: KDReplayPlugin,
+        modules: Sequence[str] = (PENULTIMATE,),
+        weight: float = 1.0,
+        distance_weight: float = 1.0,
+        angle_weight: float = 2.0,
+    ) -> None:
+        super().__init__(replay, modules, weight)
+        _Weighted(distance_weight)
+        _Weighted(angle_weight)
+        self.distance_weight = distance_weight
+        self.angle_weight = angle_weight
+
+    def term(self, student: Tensor, teacher: Tensor) -> Tensor:
+        if student.shape[0] < 3:
+            return student.sum() * 0.0  # too few samples for a relation
+        return self.distance_weight * rkd_distance(student, teacher) + self.angle_weight * rkd_angle(student, teacher)

@@ -1,0 +1,72 @@
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+from torch import nn
+
+from ckd import KDReplayPlugin
+from ckd.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
+from ckd.runner import RunConfig, run
+from ckd.streams import make_stream
+from test_plugins import _mlp, _strategy, _train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return make_stream("split-digits", seed=0)
+
+
+class _LossTrace(SupervisedPlugin):
+    """Records strategy.loss before and after the plugins listed before it add their terms."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def before_backward(self, strategy, **kwargs):
+        self.losses.append(float(strategy.loss))
+
+
+@pytest.mark.parametrize("cls", [FeatureDistillationPlugin, RelationDistillationPlugin])
+def test_feature_terms_are_added_on_replayed_rows_and_hooks_are_removed(digits, cls):
+    model = _mlp()
+    kd = KDReplayPlugin(mem_size=60, replay_batch_size=8, beta=1.0)
+    plugin = cls(kd, weight=1.0)
+    before, after = _LossTrace(), _LossTrace()
+    _train(_strategy(model, [kd, before, plugin, after], epochs=1), digits, experiences={0, 1})
+    added = [b - a for a, b in zip(before.losses, after.losses)]
+    assert added and all(x >= 0 for x in added) and any(x > 0 for x in added)
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())  # hooks gone after training
+    assert all(len(m._forward_hooks) == 0 for m in kd.teacher.model.modules())
+
+
+def test_feature_distance_is_zero_while_the_student_equals_its_teacher(digits):
+    model = _mlp()
+    kd = KDReplayPlugin(mem_size=60, replay_batch_size=8)
+    feature = FeatureDistillationPlugin(kd, modules=["2"], weight=1.0)  # the first ReLU's output
+    strategy = _strategy(model, [kd, feature], epochs=1)
+    _train(strategy, digits, experiences={0})
+    x = kd.buffer.x[:8]
+    with torch.no_grad():
+        student = model[2](model[1](model[0](x)))
+        teacher = kd.teacher.model[2](kd.teacher.model[1](kd.teacher.model[0](x)))
+    assert torch.equal(student, teacher)  # the snapshot is the model right after the experience
+
+
+def test_feature_plugins_reject_bad_settings():
+    with pytest.raises(ValueError, match="teacher='cached', use 'snapshot'"):
+        FeatureDistillationPlugin(KDReplayPlugin(teacher="cached"))
+    with pytest.raises(ValueError, match="weight must be >= 0, got -1"):
+        RelationDistillationPlugin(KDReplayPlugin(), weight=-1)
+    with pytest.raises(ValueError, match="metric must be 'l2' or 'cosine'"):
+        FeatureDistillationPlugin(KDReplayPlugin(), metric="l1")
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        from ckd.feature_distillation import _last_linear
+
+        _last_linear(nn.Sequential(nn.ReLU()))
+
+
+@pytest.mark.parametrize("method", ["kd-feature", "kd-relation"])
+def test_runner_methods_train_end_to_end(method):
+    result = run(RunConfig("split-digits", method, seed=0, epochs=1, method_args={"mem_size": 100}))
+    assert result["final_average_accuracy"] > 0.4
+    assert result["config"]["method_args"]["mem_size"] == 100
