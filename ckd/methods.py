@@ -48,6 +48,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
         "relation_weight": 1.0,
     },
+    "kd-lwf": {"current_alpha": 1.0, "temperature": 2.0},
+    "kd-replay-lwf": {
+        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
+        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "current_alpha": 1.0,
+    },
     "kd-replay-cached": {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
         "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "current_classes_only": False,
@@ -92,7 +97,9 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
         return [LwFPlugin(alpha=args["alpha"], temperature=args["temperature"])]
     if method == "ewc":
         return [EWCPlugin(ewc_lambda=args["ewc_lambda"])]
-    if method in ("kd-replay", "kd-replay-cached"):
+    if method == "kd-lwf":
+        return [KDReplayPlugin(alpha=0.0, beta=0.0, **args)]
+    if method in ("kd-replay", "kd-replay-cached", "kd-replay-lwf"):
         if method == "kd-replay-cached":
             args = {**args, "teacher": "cached"}
         return [KDReplayPlugin(**args)]

@@ -37,6 +37,10 @@ class KDReplayConfig:
     taken at the end of its own experience: computed once, never refreshed). seed: the buffer's random generator.
     known_classes_only: distil only the classes the teacher had been trained on
     (per task); with False, all of the teacher's outputs (see :class:`Teacher`).
+    current_alpha: weight of a soft KL on the *current* samples against the
+    teacher, restricted to the classes it knew (LwF, Li & Hoiem 2016, with the
+    T² factor); needs ``teacher="snapshot"``. With ``alpha = beta = 0`` the plugin
+    keeps no buffer and is plain LwF.
     current_classes_only: the strategy's loss on the current samples sees only
     the logits of the current experience's classes, so learning new classes
     does not push the old ones down (the asymmetric cross-entropy of ER-ACE,
@@ -53,6 +57,7 @@ class KDReplayConfig:
     seed: int = 0
     known_classes_only: bool = True
     current_classes_only: bool = False
+    current_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.mem_size, int) or self.mem_size < 1:
@@ -60,7 +65,9 @@ class KDReplayConfig:
         if not isinstance(self.replay_batch_size, int) or self.replay_batch_size < 1:
             raise ValueError(f"replay_batch_size must be an integer >= 1, got {self.replay_batch_size!r}")
         check_temperature(self.temperature)
-        for name in ("alpha", "beta"):
+        if self.current_alpha > 0 and self.teacher != "snapshot":
+            raise ValueError(f"current_alpha > 0 needs teacher='snapshot', got teacher={self.teacher!r}")
+        for name in ("alpha", "beta", "current_alpha"):
             value = getattr(self, name)
             if not value >= 0:  # also rejects NaN
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -113,12 +120,14 @@ class KDReplayPlugin(SupervisedPlugin):
         seed: int = 0,
         known_classes_only: bool = True,
         current_classes_only: bool = False,
+        current_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         self.config = KDReplayConfig(
             mem_size, alpha, temperature, replay_batch_size, beta, policy, teacher, seed,
-            known_classes_only, current_classes_only,
+            known_classes_only, current_classes_only, current_alpha,
         )
+        self._uses_replay = self.config.alpha > 0 or self.config.beta > 0
         self.buffer: ReplayBuffer | None = None
         self.teacher: Teacher | None = None
         # bool (n_tasks, C): classes trained on so far, per task label.
@@ -128,6 +137,7 @@ class KDReplayPlugin(SupervisedPlugin):
         self._finite: Tensor | None = None
         self._current_classes: Tensor | None = None
         self._cached_logits_cover_all = False
+        self._current_logits: Tensor | None = None
 
     # ------------------------------------------------------------- experience
     def before_training_exp(self, strategy, **kwargs) -> None:
@@ -145,7 +155,7 @@ class KDReplayPlugin(SupervisedPlugin):
         experience = strategy.experience
         exp_id = experience.current_experience
         self._mark_seen(experience)
-        if self.config.policy == "class_balanced":
+        if self.config.policy == "class_balanced" and self._uses_replay:
             self._refill_class_balanced(strategy, exp_id)
         model = strategy.model
         self.teacher = None  # release the previous snapshot before copying
@@ -156,7 +166,7 @@ class KDReplayPlugin(SupervisedPlugin):
             multi_task=isinstance(model, MultiTaskModule),
             known_classes_only=self.config.known_classes_only,
         )
-        if self.config.teacher in ("cached", "own"):
+        if self.config.teacher in ("cached", "own") and self._uses_replay:
             self._cache_teacher_logits(_PASS_BATCH, only_new=self.config.teacher == "own")
             self.teacher = None  # its logits are all the plugin needs
             # One sync per experience; a reservoir write invalidates a slot and resets it.
@@ -191,6 +201,7 @@ class KDReplayPlugin(SupervisedPlugin):
             strategy.mb_output = strategy.mb_output[:n]
             for i, current in enumerate(self._current):
                 strategy.mbatch[i] = current
+        self._current_logits = strategy.mb_output
         if self.config.current_classes_only and self.teacher_or_logits_exist():
             out = strategy.mb_output
             keep = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
@@ -198,9 +209,16 @@ class KDReplayPlugin(SupervisedPlugin):
             strategy.mb_output = out.masked_fill(~keep, torch.finfo(out.dtype).min / 4)
 
     def before_backward(self, strategy, **kwargs) -> None:
-        if self.replay is None:
-            return
         cfg, step = self.config, self.replay
+        if cfg.current_alpha > 0 and self.teacher is not None:
+            x, _, t = self._current
+            teacher_logits, _ = self.teacher.logits(x, t)
+            mask = self.teacher.known_class_mask(t, teacher_logits.shape[1])
+            lwf = soft_kl(self._current_logits, teacher_logits, cfg.temperature, mask)
+            self._finite &= torch.isfinite(lwf)
+            strategy.loss += cfg.current_alpha * lwf
+        if step is None:
+            return
         if cfg.alpha > 0:
             teacher_logits, mask = self._soft_targets(step.sample)
             if teacher_logits is not None:
@@ -211,7 +229,7 @@ class KDReplayPlugin(SupervisedPlugin):
             strategy.loss += cfg.beta * replay_cross_entropy(step.student_logits, step.sample.y)
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
-        if self.config.policy == "reservoir" and self._current is not None:
+        if self.config.policy == "reservoir" and self._uses_replay and self._current is not None:
             x, y, t = self._current
             self.buffer.reservoir_add(x, y, t, strategy.experience.current_experience)
             self._cached_logits_cover_all = False

@@ -54,19 +54,25 @@ class Teacher:
 
     def class_mask(self, task: Tensor, num_classes: int) -> Tensor:
         """bool ``(B, num_classes)``: the classes the teacher knew for each sample's task."""
-        table = self._mask_table(num_classes, task.device)
+        table = self._mask_table(num_classes, task.device, self.known_classes_only)
         return table[task.clamp_max(table.shape[0] - 1)]
 
-    def _mask_table(self, num_classes: int, device: torch.device) -> Tensor:
+    def known_class_mask(self, task: Tensor, num_classes: int) -> Tensor:
+        """bool ``(B, num_classes)``: the classes the teacher was trained on for each
+        sample's task, whatever ``known_classes_only`` says (for distillation on new data)."""
+        table = self._mask_table(num_classes, task.device, True)
+        return table[task.clamp_max(table.shape[0] - 1)]
+
+    def _mask_table(self, num_classes: int, device: torch.device, known_only: bool) -> Tensor:
         """bool ``(n_tasks + 1, num_classes)``; the last row (tasks never seen) is all False.
         Built once per width and device, so a training step only indexes it."""
-        key = (num_classes, str(device))
+        key = (num_classes, str(device), known_only)
         if getattr(self, "_tables", None) is None:
             self._tables = {}
         if key not in self._tables:
             known = self.known_classes
             table = torch.zeros(known.shape[0] + 1, num_classes, dtype=torch.bool)
-            if self.known_classes_only:
+            if known_only:
                 width = min(num_classes, known.shape[1])
                 table[:-1, :width] = known[:, :width]
             else:

@@ -65,8 +65,14 @@ def test_feature_plugins_reject_bad_settings():
         _last_linear(nn.Sequential(nn.ReLU()))
 
 
-@pytest.mark.parametrize("method", ["kd-feature", "kd-relation"])
+@pytest.mark.parametrize("method", ["kd-feature", "kd-relation", "kd-replay-lwf"])
 def test_runner_methods_train_end_to_end(method):
     result = run(RunConfig("split-digits", method, seed=0, epochs=1, method_args={"mem_size": 100}))
     assert result["final_average_accuracy"] > 0.4
     assert result["config"]["method_args"]["mem_size"] == 100
+
+
+def test_lwf_alone_runs_without_a_buffer():
+    result = run(RunConfig("split-digits", "kd-lwf", seed=0, epochs=1))
+    assert set(result["config"]["method_args"]) == {"current_alpha", "temperature"}
+    assert 0.0 < result["final_average_accuracy"] < 1.0

@@ -344,3 +344,43 @@ def test_current_classes_only_masks_old_classes_for_the_current_loss(digits):
         assert torch.all(current[:, others] < -1e30)
         assert torch.all(current[:, [2, 3]] > -1e30)
         assert torch.all(replayed > -1e30)  # replayed rows keep the whole head
+
+
+class _LwFProbe(SupervisedPlugin):
+    """Checks, at each step, the loss the KD plugin added on the current samples."""
+
+    def __init__(self, kd):
+        super().__init__()
+        self.kd = kd
+        self.checked = 0
+
+    def before_backward(self, strategy, **kwargs):
+        if self.kd.teacher is None:
+            return
+        from ckd.losses import soft_kl
+
+        x, y, t = self.kd._current
+        with torch.no_grad():
+            teacher = self.kd.teacher.model(x)
+        old = torch.zeros(10, dtype=torch.bool)
+        old[self.kd.seen_classes[0].nonzero().squeeze(1)] = True
+        expected = nn.functional.cross_entropy(strategy.mb_output, y) + 0.5 * soft_kl(
+            strategy.mb_output, teacher, 2.0, old
+        )
+        assert float(strategy.loss) == pytest.approx(float(expected), rel=1e-5)
+        self.checked += 1
+
+
+def test_current_data_distillation_is_lwf_on_the_teachers_classes(digits):
+    kd = KDReplayPlugin(alpha=0.0, beta=0.0, current_alpha=0.5, temperature=2.0, known_classes_only=False)
+    probe = _LwFProbe(kd)
+    _train(_strategy(_mlp(), [kd, probe], epochs=1), digits, experiences={0, 1})
+    assert probe.checked > 0
+    assert len(kd.buffer) == 0  # no replay term, no memory
+
+
+def test_current_alpha_needs_the_teacher_model():
+    with pytest.raises(ValueError, match="current_alpha > 0 needs teacher='snapshot'"):
+        KDReplayPlugin(current_alpha=1.0, teacher="cached")
+    with pytest.raises(ValueError, match="current_alpha must be >= 0, got -1"):
+        KDReplayPlugin(current_alpha=-1)
