@@ -282,9 +282,14 @@ def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress:
     if config.eval_every:
         curve = _PeriodicEvaluation(evaluator, config.eval_every)
         extra.append(curve)
+    diagnostics = None
+    if config.method.startswith("kd-") and config.method != "kd-replay-cached":
+        diagnostics = _TeacherDiagnostics(evaluator)
     settings = TrainSettings(config.lr, config.batch_size, config.epochs, config.eval_batch_size, config.device)
     method_args = resolve_method_args(config.method, config.method_args)
     strategy = make_strategy(config.method, model, settings, method_args, seed=config.seed, extra_plugins=extra)
+    if diagnostics is not None:  # must see the teacher before the KD plugin replaces it
+        strategy.plugins.insert(0, diagnostics)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -340,6 +345,7 @@ def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress:
         "diverged": diverged_at is not None,
         "diverged_at_experience": diverged_at,
         "curve": curve.record() if curve is not None else None,
+        "diagnostics": diagnostics.records if diagnostics is not None else None,
         "wall_time_s": wall,
         "wall_time_per_experience_s": times,
         "iterations_per_experience": iterations,
@@ -398,6 +404,41 @@ class _ProgressPlugin(_plugin_base()):
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
         self.bar.update(1)
+
+
+class _TeacherDiagnostics(_plugin_base()):
+    """At the end of each experience, before the KD plugin replaces its teacher,
+    compare the student with the teacher it was distilled from on the test sets
+    of the experiences seen so far (``ckd.diagnostics.distillation_report``)."""
+
+    def __init__(self, evaluator: AccuracyEvaluator) -> None:
+        super().__init__()
+        self.evaluator = evaluator
+        self.records: list[dict | None] = []
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        from avalanche.models.utils import avalanche_forward
+
+        from ckd.diagnostics import distillation_report
+        from ckd.plugins import KDReplayPlugin
+
+        kd = next((p for p in strategy.plugins if isinstance(p, KDReplayPlugin)), None)
+        if kd is None or kd.teacher is None:
+            self.records.append(None)
+            return
+        seen = self.evaluator.test_sets[: strategy.experience.current_experience + 1]
+        x, y, t = (torch.cat(parts) for parts in zip(*seen))
+        model = strategy.model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            student = torch.cat([avalanche_forward(model, x[i : i + 1000], t[i : i + 1000]) for i in range(0, len(x), 1000)])
+        model.train(was_training)
+        teacher = torch.cat([kd.teacher.logits(x[i : i + 1000], t[i : i + 1000])[0] for i in range(0, len(x), 1000)])
+        width = teacher.shape[1]
+        report = distillation_report(student[:, :width], teacher, y, kd.config.temperature)
+        # NaN (an empty teacher-right or teacher-wrong part) is null in the JSON.
+        self.records.append({k: (None if math.isnan(v) else v) for k, v in report.items()})
 
 
 class _PeriodicEvaluation(_plugin_base()):

@@ -222,3 +222,14 @@ def test_suite_with_parallel_jobs_writes_the_same_results_as_serial(tmp_path):
     for name in names:
         a, b = (json.loads((d / name).read_text()) for d in (serial, parallel))
         assert a["accuracy_matrix"] == b["accuracy_matrix"]
+
+
+def test_kd_runs_record_teacher_diagnostics_per_experience():
+    result = run(RunConfig("split-digits", "kd-replay", seed=0, epochs=1, method_args={"mem_size": 100}))
+    records = result["diagnostics"]
+    assert len(records) == 5 and records[0] is None  # no teacher during the first experience
+    for r in records[1:]:
+        assert set(r) == {"agreement", "kl", "teacher_correct_accuracy", "teacher_wrong_accuracy",
+                          "ece_student", "ece_teacher"}
+        assert 0.0 <= r["agreement"] <= 1.0 and r["kl"] >= 0.0 and 0.0 <= r["ece_student"] <= 1.0
+    assert run(RunConfig("split-digits", "naive", seed=0, epochs=1))["diagnostics"] is None
