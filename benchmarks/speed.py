@@ -23,7 +23,6 @@ import argparse
 import copy
 import cProfile
 import io
-import json
 import math
 import platform
 import pstats

@@ -92,6 +92,7 @@ def _print_result(path: Path, ran: bool) -> None:
 
 
 def _cmd_run(args) -> int:
+    from ckd.methods import resolve_method_args
     from ckd.runner import RunConfig, config_from_result, run_to_file
 
     if args.from_result:
@@ -107,22 +108,17 @@ def _cmd_run(args) -> int:
             ).items() if v is not None
         }
         configs = []
+        defaults = {method: resolve_method_args(method) for method in args.method}
         if len(args.method) > 1:
-            from ckd.methods import resolve_method_args
-
-            known = set().union(*(resolve_method_args(m) for m in args.method))
-            unknown = sorted(set(sets) - known)
+            unknown = sorted(set(sets) - set().union(*defaults.values()))
             if unknown:
                 raise ValueError(f"no method among {args.method} has the setting(s) {unknown}")
         for method in args.method:
             method_args = dict(sets)
             if args.mem_size is not None:
                 method_args["mem_size"] = args.mem_size
-            if len(args.method) > 1:
-                from ckd.methods import resolve_method_args
-
-                defaults = resolve_method_args(method)
-                method_args = {k: v for k, v in method_args.items() if k in defaults}
+            if len(args.method) > 1:  # shared settings go to the methods that have them
+                method_args = {k: v for k, v in method_args.items() if k in defaults[method]}
             for seed in args.seeds:
                 configs.append(RunConfig(
                     stream=args.stream, method=method, seed=seed, device=args.device,

@@ -46,7 +46,6 @@ def expected_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15
     confidence, predicted = F.softmax(logits.float(), dim=1).max(dim=1)
     correct = (predicted == targets).float()
     bins = torch.clamp((confidence * n_bins).long(), max=n_bins - 1)
-    count = torch.bincount(bins, minlength=n_bins).float()
     accuracy_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
     confidence_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
     return ((accuracy_sum - confidence_sum).abs().sum() / logits.shape[0]).item()

@@ -7,7 +7,7 @@ arguments (documented defaults in ``METHOD_DEFAULTS``; unknown keys are errors).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -127,7 +127,7 @@ def make_strategy(
     from avalanche.training.plugins import EvaluationPlugin
 
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
-    if "seed" in _accepts(method):
+    if method.startswith("kd-"):  # ckd plugins take the run's seed for their buffer
         args = {**args, "seed": seed}
     common: dict[str, Any] = dict(
         model=model,
@@ -148,10 +148,3 @@ def make_strategy(
     if method == "joint":
         return JointTraining(plugins=plugins, **common)
     return Naive(plugins=_plugins_for(method, args) + plugins, **common)
-
-
-def _accepts(method: str) -> set[str]:
-    return {"seed"} if method.startswith("kd-") else set()
-
-
-BuilderFn = Callable[..., Any]

@@ -241,10 +241,7 @@ class KDReplayPlugin(SupervisedPlugin):
         return self.teacher is not None or (self.buffer is not None and self.buffer.logits is not None)
 
     def _replay_has_a_loss(self) -> bool:
-        has_targets = self.teacher is not None or (
-            self.config.teacher in ("cached", "own") and self.buffer.logits is not None
-        )
-        return self.config.beta > 0 or (self.config.alpha > 0 and has_targets)
+        return self.config.beta > 0 or (self.config.alpha > 0 and self.teacher_or_logits_exist())
 
     def _soft_targets(self, sample: ReplaySample) -> tuple[Tensor | None, Tensor | None]:
         if self.config.teacher in ("cached", "own"):

@@ -1,6 +1,4 @@
 import json
-import os
-from pathlib import Path
 
 import matplotlib.image
 import pytest
