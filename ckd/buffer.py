@@ -62,6 +62,7 @@ class ReplaySample:
     x: Tensor
     y: Tensor
     task: Tensor
+    experience: Tensor
     logits: Tensor | None
     logits_mask: Tensor | None
 
@@ -276,6 +277,7 @@ class ReplayBuffer:
             x=self._x[index],
             y=self._y[index],
             task=self._task[index],
+            experience=self._experience[index],
             logits=None if self._logits is None else self._logits[index],
             logits_mask=None if self._logits_mask is None else self._logits_mask[index],
         )

@@ -14,6 +14,7 @@ __all__ = [
     "check_temperature",
     "known_class_mask",
     "soft_kl",
+    "average_soft_targets",
     "replay_cross_entropy",
     "feature_distance",
     "rkd_distance",
@@ -92,6 +93,35 @@ def soft_kl(
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).masked_fill(~mask, 0.0)
     # A row with a single known class has KL 0; one with none must not produce NaN.
     return kl.sum() * (temperature**2) / student_logits.shape[0]
+
+
+def average_soft_targets(
+    teacher_logits: Tensor, weights: Tensor, temperature: float, masks: Tensor | None = None
+) -> Tensor:
+    """Logits whose tempered softmax is the weighted mean of several teachers' softened
+    probabilities: ``T · log Σ_k w_bk · softmax_masked(z_kb / T)``.
+
+    teacher_logits: ``(K, B, C)``; weights: ``(B, K)``, each row summing to 1 (0 for a
+    teacher that does not take part); masks: optional bool ``(K, B, C)``, the classes
+    each teacher's softmax is taken over (its own known classes). Feed the result
+    to :func:`soft_kl` with the same ``T`` and the union of the masks of the
+    teachers taking part; classes with zero mean probability come out as
+    ``log(tiny)``, so they must be masked out there.
+    """
+    check_temperature(temperature)
+    if teacher_logits.dim() != 3:
+        raise ValueError(f"teacher_logits must be (K, B, C), got {tuple(teacher_logits.shape)}")
+    k, batch, _ = teacher_logits.shape
+    if weights.shape != (batch, k):
+        raise ValueError(f"weights must be (B, K) = {(batch, k)}, got {tuple(weights.shape)}")
+    z = teacher_logits.float() / temperature
+    if masks is not None:
+        z = z.masked_fill(~masks, torch.finfo(torch.float32).min / 4)
+    probs = F.softmax(z, dim=2)
+    if masks is not None:  # a teacher with no known class for a row contributes nothing
+        probs = probs.masked_fill(~masks, 0.0)
+    mean = torch.einsum("bk,kbc->bc", weights.float(), probs)
+    return temperature * mean.clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
 def replay_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

@@ -53,6 +53,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
         "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "current_alpha": 1.0,
     },
+    "kd-multi-teacher": {
+        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
+        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
+        "n_teachers": 4, "ensemble": "own",
+    },
     "kd-replay-cached": {
         "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
         "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "current_classes_only": False,
@@ -99,7 +104,7 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
         return [EWCPlugin(ewc_lambda=args["ewc_lambda"])]
     if method == "kd-lwf":
         return [KDReplayPlugin(alpha=0.0, beta=0.0, **args)]
-    if method in ("kd-replay", "kd-replay-cached", "kd-replay-lwf"):
+    if method in ("kd-replay", "kd-replay-cached", "kd-replay-lwf", "kd-multi-teacher"):
         if method == "kd-replay-cached":
             args = {**args, "teacher": "cached"}
         return [KDReplayPlugin(**args)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from ckd.buffer import POLICIES, ReplayBuffer, ReplaySample
 from ckd.losses import check_temperature, replay_cross_entropy, soft_kl
-from ckd.teacher import Teacher
+from ckd.teacher import ENSEMBLES, Teacher, TeacherSet
 
 __all__ = ["KDReplayConfig", "KDReplayPlugin", "ReplayStep", "TEACHER_MODES"]
 
@@ -40,7 +41,15 @@ class KDReplayConfig:
     current_alpha: weight of a soft KL on the *current* samples against the
     teacher, restricted to the classes it knew (LwF, Li & Hoiem 2016, with the
     T² factor); needs ``teacher="snapshot"``. With ``alpha = beta = 0`` the plugin
-    keeps no buffer and is plain LwF.
+    keeps no buffer and is plain LwF. ``alpha`` and ``current_alpha`` may also be
+    one value per experience (the value used while training experience ``i`` is
+    ``[i]``), as Avalanche's LwF takes them.
+    n_teachers: how many snapshots to keep (the last ``n_teachers`` experiences);
+    with more than one, ``ensemble`` says how a replayed sample gets its target:
+    ``own`` from the teacher that finished the sample's experience, ``average``
+    from the mean of the softened probabilities of the teachers trained on it
+    (:class:`ckd.teacher.TeacherSet`). Needs ``teacher="snapshot"``;
+    ``teacher="own"`` is the stored-logits form of the ``own`` ensemble.
     current_classes_only: the strategy's loss on the current samples sees only
     the logits of the current experience's classes, so learning new classes
     does not push the old ones down (the asymmetric cross-entropy of ER-ACE,
@@ -48,7 +57,7 @@ class KDReplayConfig:
     """
 
     mem_size: int = 500
-    alpha: float = 1.0
+    alpha: float | tuple[float, ...] = 1.0
     temperature: float = 2.0
     replay_batch_size: int = 32
     beta: float = 0.0
@@ -57,7 +66,9 @@ class KDReplayConfig:
     seed: int = 0
     known_classes_only: bool = True
     current_classes_only: bool = False
-    current_alpha: float = 0.0
+    current_alpha: float | tuple[float, ...] = 0.0
+    n_teachers: int = 1
+    ensemble: str = "own"
 
     def __post_init__(self) -> None:
         if not isinstance(self.mem_size, int) or self.mem_size < 1:
@@ -65,16 +76,48 @@ class KDReplayConfig:
         if not isinstance(self.replay_batch_size, int) or self.replay_batch_size < 1:
             raise ValueError(f"replay_batch_size must be an integer >= 1, got {self.replay_batch_size!r}")
         check_temperature(self.temperature)
-        if self.current_alpha > 0 and self.teacher != "snapshot":
-            raise ValueError(f"current_alpha > 0 needs teacher='snapshot', got teacher={self.teacher!r}")
-        for name in ("alpha", "beta", "current_alpha"):
+        for name in ("alpha", "current_alpha"):
             value = getattr(self, name)
-            if not value >= 0:  # also rejects NaN
-                raise ValueError(f"{name} must be >= 0, got {value}")
+            if isinstance(value, Sequence) and not isinstance(value, str):
+                if len(value) == 0:
+                    raise ValueError(f"{name} as a per-experience list must not be empty")
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        for name in ("alpha", "beta", "current_alpha"):
+            values = getattr(self, name)
+            for value in values if isinstance(values, tuple) else (values,):
+                if not value >= 0:  # also rejects NaN
+                    raise ValueError(f"{name} must be >= 0, got {value}")
+        if max(_as_tuple(self.current_alpha)) > 0 and self.teacher != "snapshot":
+            raise ValueError(f"current_alpha > 0 needs teacher='snapshot', got teacher={self.teacher!r}")
+        if not isinstance(self.n_teachers, int) or self.n_teachers < 1:
+            raise ValueError(f"n_teachers must be an integer >= 1, got {self.n_teachers!r}")
+        if self.n_teachers > 1 and self.teacher != "snapshot":
+            raise ValueError(
+                f"n_teachers > 1 needs teacher='snapshot', got teacher={self.teacher!r} "
+                "(teacher='own' already keeps each sample's own-teacher logits, with no model stored)"
+            )
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.teacher not in TEACHER_MODES:
             raise ValueError(f"teacher must be one of {TEACHER_MODES}, got {self.teacher!r}")
+
+    def weight(self, name: str, experience: int) -> float:
+        """``alpha`` or ``current_alpha`` while training ``experience``."""
+        value = getattr(self, name)
+        if not isinstance(value, tuple):
+            return value
+        if experience >= len(value):
+            raise ValueError(
+                f"{name} has {len(value)} per-experience values but experience {experience} is being "
+                f"trained; give one value per experience of the stream"
+            )
+        return value[experience]
+
+
+def _as_tuple(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    return value if isinstance(value, tuple) else (value,)
 
 
 @dataclass
@@ -120,16 +163,20 @@ class KDReplayPlugin(SupervisedPlugin):
         seed: int = 0,
         known_classes_only: bool = True,
         current_classes_only: bool = False,
-        current_alpha: float = 0.0,
+        current_alpha: float | Sequence[float] = 0.0,
+        n_teachers: int = 1,
+        ensemble: str = "own",
     ) -> None:
         super().__init__()
         self.config = KDReplayConfig(
             mem_size, alpha, temperature, replay_batch_size, beta, policy, teacher, seed,
-            known_classes_only, current_classes_only, current_alpha,
+            known_classes_only, current_classes_only, current_alpha, n_teachers, ensemble,
         )
-        self._uses_replay = self.config.alpha > 0 or self.config.beta > 0
+        self._uses_replay = max(_as_tuple(self.config.alpha)) > 0 or self.config.beta > 0
         self.buffer: ReplayBuffer | None = None
-        self.teacher: Teacher | None = None
+        self.teachers = TeacherSet(self.config.n_teachers)
+        self._alpha = 0.0
+        self._current_alpha = 0.0
         # bool (n_tasks, C): classes trained on so far, per task label.
         self.seen_classes = torch.zeros(0, 0, dtype=torch.bool)
         self.replay: ReplayStep | None = None
@@ -139,14 +186,21 @@ class KDReplayPlugin(SupervisedPlugin):
         self._cached_logits_cover_all = False
         self._current_logits: Tensor | None = None
 
+    @property
+    def teacher(self) -> Teacher | None:
+        """The snapshot taken after the latest experience (``None`` before one ended)."""
+        return self.teachers.latest
+
     # ------------------------------------------------------------- experience
     def before_training_exp(self, strategy, **kwargs) -> None:
         device = torch.device(strategy.device)
+        exp_id = strategy.experience.current_experience
+        self._alpha = self.config.weight("alpha", exp_id)
+        self._current_alpha = self.config.weight("current_alpha", exp_id)
         if self.buffer is None:
             self.buffer = ReplayBuffer(self.config.mem_size, self.config.policy, device, self.config.seed)
         self.buffer.to(device)
-        if self.teacher is not None:
-            self.teacher.to(device)
+        self.teachers.to(device)
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         classes = torch.as_tensor(list(strategy.experience.classes_in_this_experience), dtype=torch.long)
         self._current_classes = classes.to(device)
@@ -158,17 +212,18 @@ class KDReplayPlugin(SupervisedPlugin):
         if self.config.policy == "class_balanced" and self._uses_replay:
             self._refill_class_balanced(strategy, exp_id)
         model = strategy.model
-        self.teacher = None  # release the previous snapshot before copying
-        self.teacher = Teacher(
+        self.teachers.make_room()  # release the oldest snapshot before copying
+        teacher = Teacher(
             model,
             self.seen_classes,
             avalanche_forward,
             multi_task=isinstance(model, MultiTaskModule),
             known_classes_only=self.config.known_classes_only,
         )
+        self.teachers.add(teacher, exp_id)
         if self.config.teacher in ("cached", "own") and self._uses_replay:
             self._cache_teacher_logits(_PASS_BATCH, only_new=self.config.teacher == "own")
-            self.teacher = None  # its logits are all the plugin needs
+            self.teachers.clear()  # its logits are all the plugin needs
             # One sync per experience; a reservoir write invalidates a slot and resets it.
             self._cached_logits_cover_all = bool(self.buffer.logits_mask.all())
 
@@ -210,21 +265,21 @@ class KDReplayPlugin(SupervisedPlugin):
 
     def before_backward(self, strategy, **kwargs) -> None:
         cfg, step = self.config, self.replay
-        if cfg.current_alpha > 0 and self.teacher is not None:
+        if self._current_alpha > 0 and self.teacher is not None:
             x, _, t = self._current
             teacher_logits, _ = self.teacher.logits(x, t)
             mask = self.teacher.known_class_mask(t, teacher_logits.shape[1])
             lwf = soft_kl(self._current_logits, teacher_logits, cfg.temperature, mask)
             self._finite &= torch.isfinite(lwf)
-            strategy.loss += cfg.current_alpha * lwf
+            strategy.loss += self._current_alpha * lwf
         if step is None:
             return
-        if cfg.alpha > 0:
+        if self._alpha > 0:
             teacher_logits, mask = self._soft_targets(step.sample)
             if teacher_logits is not None:
                 kd = soft_kl(step.student_logits, teacher_logits, cfg.temperature, mask)
                 self._finite &= torch.isfinite(kd)
-                strategy.loss += cfg.alpha * kd
+                strategy.loss += self._alpha * kd
         if cfg.beta > 0:
             strategy.loss += cfg.beta * replay_cross_entropy(step.student_logits, step.sample.y)
 
@@ -241,7 +296,7 @@ class KDReplayPlugin(SupervisedPlugin):
         return self.teacher is not None or (self.buffer is not None and self.buffer.logits is not None)
 
     def _replay_has_a_loss(self) -> bool:
-        return self.config.beta > 0 or (self.config.alpha > 0 and self.teacher_or_logits_exist())
+        return self.config.beta > 0 or (self._alpha > 0 and self.teacher_or_logits_exist())
 
     def _soft_targets(self, sample: ReplaySample) -> tuple[Tensor | None, Tensor | None]:
         if self.config.teacher in ("cached", "own"):
@@ -249,6 +304,10 @@ class KDReplayPlugin(SupervisedPlugin):
             return sample.logits, None if self._cached_logits_cover_all else sample.logits_mask
         if self.teacher is None:
             return None, None
+        if len(self.teachers) > 1:
+            return self.teachers.soft_targets(
+                sample.x, sample.task, sample.experience, self.config.temperature, self.config.ensemble
+            )
         return self.teacher.logits(sample.x, sample.task)
 
     def _mark_seen(self, experience) -> None:

@@ -45,6 +45,9 @@ STREAM_DEFAULTS: dict[str, dict[str, Any]] = {
     "rotated-mnist": {"epochs": 1, "lr": 0.1, "batch_size": 128},
 }
 
+# Method settings that may be one value per experience of the stream.
+PER_EXPERIENCE_ARGS = ("alpha", "current_alpha")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -287,6 +290,12 @@ def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress:
         diagnostics = _TeacherDiagnostics(evaluator)
     settings = TrainSettings(config.lr, config.batch_size, config.epochs, config.eval_batch_size, config.device)
     method_args = resolve_method_args(config.method, config.method_args)
+    for key in PER_EXPERIENCE_ARGS:
+        value = method_args.get(key)
+        if isinstance(value, (list, tuple)) and len(value) != n_exp:
+            raise ValueError(
+                f"{key} is a per-experience list of {len(value)} values but {config.stream} has {n_exp} experiences"
+            )
     strategy = make_strategy(config.method, model, settings, method_args, seed=config.seed, extra_plugins=extra)
     if diagnostics is not None:  # must see the teacher before the KD plugin replaces it
         strategy.plugins.insert(0, diagnostics)

@@ -8,7 +8,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Teacher", "default_forward"]
+from ckd.losses import average_soft_targets
+
+__all__ = ["ENSEMBLES", "Teacher", "TeacherSet", "default_forward"]
+
+ENSEMBLES = ("own", "average")
 
 ForwardFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -105,3 +109,84 @@ class Teacher:
     def to(self, device: torch.device | str) -> "Teacher":
         self.model.to(device)
         return self
+
+
+class TeacherSet:
+    """The snapshots taken after the last ``size`` experiences, each tagged with the
+    experience it finished (oldest first).
+
+    Memory: ``size`` copies of the model's parameters and buffers (for the
+    784-100-100-10 MLP, 89,610 floats = 350 KiB each); the plugin's
+    ``teacher="own"`` mode keeps per-sample logits instead of models.
+    """
+
+    def __init__(self, size: int) -> None:
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"n_teachers must be an integer >= 1, got {size!r}")
+        self.size = size
+        self.teachers: list[Teacher] = []
+        self.experiences: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.teachers)
+
+    @property
+    def latest(self) -> Teacher | None:
+        return self.teachers[-1] if self.teachers else None
+
+    def make_room(self) -> None:
+        """Drop the oldest snapshots so that one more fits (before copying the model)."""
+        while len(self.teachers) >= self.size:
+            self.teachers.pop(0)
+            self.experiences.pop(0)
+
+    def add(self, teacher: Teacher, experience: int) -> None:
+        self.make_room()
+        self.teachers.append(teacher)
+        self.experiences.append(int(experience))
+
+    def clear(self) -> None:
+        self.teachers.clear()
+        self.experiences.clear()
+
+    def to(self, device: torch.device | str) -> "TeacherSet":
+        for teacher in self.teachers:
+            teacher.to(device)
+        return self
+
+    def soft_targets(
+        self, x: Tensor, task: Tensor, experience: Tensor, temperature: float, ensemble: str = "own"
+    ) -> tuple[Tensor, Tensor]:
+        """Soft-target logits ``(B, C)`` and class mask ``(B, C)`` for samples of
+        ``experience (B,)``.
+
+        ``own``: each sample gets the logits of the teacher that finished the
+        sample's experience (the oldest one kept when that snapshot was dropped;
+        the newest for samples of the experience being learned).
+        ``average``: the mean of the softened probabilities of every kept teacher
+        that was trained on the sample's experience (:func:`average_soft_targets`),
+        over the union of their known classes.
+
+        Every kept teacher runs on the whole batch (``K`` forwards, no host sync).
+        """
+        if not self.teachers:
+            raise RuntimeError("no teacher yet: the first experience has not ended")
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+        outputs = [teacher.logits(x, task) for teacher in self.teachers]
+        width = max(out.shape[1] for out, _ in outputs)
+        logits = x.new_zeros(len(outputs), x.shape[0], width, dtype=outputs[-1][0].dtype)
+        masks = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+        for k, (out, mask) in enumerate(outputs):  # heads may have grown between snapshots
+            logits[k, :, : out.shape[1]] = out
+            masks[k, :, : out.shape[1]] = True if mask is None else mask
+        finished = torch.as_tensor(self.experiences, device=experience.device)
+        if ensemble == "own":
+            pick = torch.searchsorted(finished, experience.contiguous()).clamp_max(len(self) - 1)
+            rows = torch.arange(x.shape[0], device=x.device)
+            return logits[pick, rows], masks[pick, rows]
+        taught = finished.unsqueeze(0) >= experience.unsqueeze(1)  # (B, K): trained on it
+        taught[:, -1] |= ~taught.any(dim=1)  # samples of the current experience: the newest
+        weights = taught.float() / taught.sum(dim=1, keepdim=True)
+        masks = masks & taught.t().unsqueeze(2)
+        return average_soft_targets(logits, weights, temperature, masks), masks.any(dim=0)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ckd.losses import feature_distance, rkd_angle, rkd_distance, soft_kl
+from ckd.losses import average_soft_targets, feature_distance, rkd_angle, rkd_distance, soft_kl
 
 
 def _kl(p, q):
@@ -136,3 +136,25 @@ def test_soft_kl_without_mask_equals_all_true_mask():
     full = soft_kl(s, t, 3.0)
     masked = soft_kl(s, t, 3.0, torch.ones(6, dtype=torch.bool))
     assert full.item() == pytest.approx(masked.item(), rel=1e-6)
+
+
+def test_average_soft_targets_by_hand():
+    t = 2.0
+    # Two teachers, one sample; the first knows classes 0 and 1 only.
+    logits = torch.tensor([[[2.0, 0.0, 9.0]], [[0.0, 2.0, 4.0]]])
+    masks = torch.tensor([[[True, True, False]], [[True, True, True]]])
+    weights = torch.tensor([[0.25, 0.75]])
+    z0 = [math.exp(1.0), 1.0]
+    z1 = [1.0, math.exp(1.0), math.exp(2.0)]
+    p0 = [z0[0] / sum(z0), z0[1] / sum(z0), 0.0]
+    p1 = [v / sum(z1) for v in z1]
+    mean = [0.25 * a + 0.75 * b for a, b in zip(p0, p1)]
+    out = average_soft_targets(logits, weights, t, masks)
+    assert torch.allclose(out, t * torch.tensor([mean]).log(), atol=1e-6)
+    # Fed to soft_kl it is the KL from the mean distribution.
+    student = torch.tensor([[0.5, -1.0, 1.0]])
+    p_s = torch.softmax(student / t, dim=1)[0].tolist()
+    kl = sum(m * math.log(m / s) for m, s in zip(mean, p_s))
+    assert soft_kl(student, out, t).item() == pytest.approx(t * t * kl, rel=1e-5)
+    with pytest.raises(ValueError, match=r"weights must be \(B, K\)"):
+        average_soft_targets(logits, torch.ones(1, 3) / 3, t, masks)

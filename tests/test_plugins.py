@@ -64,6 +64,12 @@ def _train(strategy, stream, experiences=None, seed=0):
         ({"replay_batch_size": 0}, "replay_batch_size must be an integer >= 1, got 0"),
         ({"policy": "fifo"}, "policy must be one of"),
         ({"teacher": "ensemble"}, "teacher must be one of"),
+        ({"alpha": [1.0, -0.5]}, "alpha must be >= 0, got -0.5"),
+        ({"alpha": []}, "alpha as a per-experience list must not be empty"),
+        ({"current_alpha": [0.0, float("nan")]}, "current_alpha must be >= 0, got nan"),
+        ({"n_teachers": 0}, "n_teachers must be an integer >= 1, got 0"),
+        ({"n_teachers": 3, "teacher": "own"}, "n_teachers > 1 needs teacher='snapshot'"),
+        ({"ensemble": "vote"}, "ensemble must be one of"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, message):
@@ -384,3 +390,40 @@ def test_current_alpha_needs_the_teacher_model():
         KDReplayPlugin(current_alpha=1.0, teacher="cached")
     with pytest.raises(ValueError, match="current_alpha must be >= 0, got -1"):
         KDReplayPlugin(current_alpha=-1)
+
+
+def _final_weights(stream, **kwargs):
+    torch.manual_seed(0)
+    model = _mlp()
+    strategy = _strategy(model, [KDReplayPlugin(mem_size=100, beta=1.0, **kwargs)], epochs=1)
+    _train(strategy, stream, experiences=range(3))
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_per_experience_alpha_uses_the_value_of_the_experience_being_trained(digits):
+    scalar = _final_weights(digits, alpha=0.5)
+    assert torch.equal(_final_weights(digits, alpha=[0.5, 0.5, 0.5]), scalar)
+    # The teacher only exists from experience 1 on, so alpha[0] never matters ...
+    assert torch.equal(_final_weights(digits, alpha=[3.0, 0.5, 0.5]), scalar)
+    # ... but alpha[2] does: zero there is training experience 2 without distillation.
+    switched_off = _final_weights(digits, alpha=[0.5, 0.5, 0.0])
+    assert not torch.equal(switched_off, scalar)
+    assert not torch.equal(switched_off, _final_weights(digits, alpha=0.0))
+
+
+def test_per_experience_alpha_shorter_than_the_stream_is_a_clear_error(digits):
+    strategy = _strategy(_mlp(), [KDReplayPlugin(mem_size=50, alpha=[1.0, 1.0])], epochs=1)
+    with pytest.raises(ValueError, match="alpha has 2 per-experience values but experience 2 is being trained"):
+        _train(strategy, digits, experiences=range(3))
+
+
+def test_several_teachers_keep_the_last_snapshots_and_one_teacher_is_kd_replay(digits):
+    plugin = KDReplayPlugin(mem_size=100, n_teachers=2)
+    _train(_strategy(_mlp(), [plugin], epochs=1), digits, experiences=range(3))
+    assert plugin.teachers.experiences == [1, 2]
+    assert plugin.teacher is plugin.teachers.teachers[-1]
+    assert all(not t.model.training for t in plugin.teachers.teachers)
+    one = _final_weights(digits, n_teachers=1, ensemble="average")
+    assert torch.equal(one, _final_weights(digits))
+    for ensemble in ("own", "average"):
+        assert not torch.equal(_final_weights(digits, n_teachers=3, ensemble=ensemble), one)

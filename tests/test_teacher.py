@@ -1,7 +1,10 @@
+import math
+
+import pytest
 import torch
 from torch import nn
 
-from ckd.teacher import Teacher
+from ckd.teacher import Teacher, TeacherSet
 
 
 def _model():
@@ -54,3 +57,62 @@ def test_all_outputs_mode_targets_every_class_of_seen_tasks():
     logits, mask = teacher.logits(torch.randn(4, 4), torch.zeros(4, dtype=torch.long))
     assert mask is None and logits.shape == (4, 3)
     assert teacher.class_mask(torch.tensor([0, 1]), 3).tolist() == [[True] * 3, [False] * 3]
+
+
+def _constant(bias):
+    """A model whose logits are ``bias`` whatever the input."""
+    layer = nn.Linear(4, len(bias))
+    nn.init.zeros_(layer.weight)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor(bias))
+    return layer
+
+
+def _two_teachers(size=2):
+    teachers = TeacherSet(size)
+    # After experience 0 (classes 0, 1) the head had 2 outputs; after experience 1 (class 2), 3.
+    teachers.add(Teacher(_constant([1.0, 0.0]), torch.tensor([[True, True]])), experience=0)
+    teachers.add(Teacher(_constant([0.0, 2.0, 1.0]), torch.ones(1, 3, dtype=torch.bool)), experience=1)
+    return teachers
+
+
+def _softmax(values, t):
+    e = [math.exp(v / t) for v in values]
+    return [v / sum(e) for v in e]
+
+
+def test_own_teacher_is_the_one_that_finished_each_samples_experience():
+    teachers = _two_teachers()
+    experience = torch.tensor([0, 1, 2, 0])  # 2: the experience being learned
+    logits, mask = teachers.soft_targets(torch.randn(4, 4), torch.zeros(4, dtype=torch.long), experience, 2.0, "own")
+    assert torch.allclose(logits[0], torch.tensor([1.0, 0.0, 0.0]))  # padded past the old head
+    assert mask[0].tolist() == [True, True, False]
+    for row in (1, 2):
+        assert torch.allclose(logits[row], torch.tensor([0.0, 2.0, 1.0]))
+        assert mask[row].tolist() == [True, True, True]
+    assert torch.equal(logits[3], logits[0])
+
+
+def test_average_ensemble_is_the_mean_of_the_softened_probabilities_of_the_teachers_that_saw_the_sample():
+    t = 2.0
+    teachers = _two_teachers()
+    experience = torch.tensor([0, 1, 2])
+    logits, mask = teachers.soft_targets(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), experience, t, "average")
+    assert mask.all()
+    old, new = _softmax([1.0, 0.0], t) + [0.0], _softmax([0.0, 2.0, 1.0], t)
+    expected = [[(a + b) / 2 for a, b in zip(old, new)], new, new]
+    probs = torch.softmax(logits / t, dim=1)
+    assert torch.allclose(probs, torch.tensor(expected), atol=1e-6)
+
+
+def test_teacher_set_keeps_the_last_snapshots():
+    teachers = _two_teachers(size=2)
+    teachers.add(Teacher(_constant([0.0, 0.0, 3.0]), torch.ones(1, 3, dtype=torch.bool)), experience=2)
+    assert teachers.experiences == [1, 2] and len(teachers) == 2
+    # A sample of experience 0 whose teacher was dropped gets the oldest one kept.
+    logits, _ = teachers.soft_targets(torch.randn(1, 4), torch.zeros(1, dtype=torch.long), torch.tensor([0]), 1.0)
+    assert torch.allclose(logits[0], torch.tensor([0.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="n_teachers must be an integer >= 1, got 0"):
+        TeacherSet(0)
+    with pytest.raises(RuntimeError, match="no teacher yet"):
+        TeacherSet(1).soft_targets(torch.randn(1, 4), torch.zeros(1, dtype=torch.long), torch.tensor([0]), 1.0)
