@@ -55,10 +55,12 @@ def distillation_report(
     student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, temperature: float
 ) -> dict[str, float]:
     """The diagnostics a run records: ``agreement``, ``kl`` (the T²-scaled soft KL),
-    ``teacher_correct_accuracy``, ``teacher_wrong_accuracy``, ``ece_student``, ``ece_teacher``."""
+    ``teacher_accuracy``, ``teacher_correct_accuracy``, ``teacher_wrong_accuracy``
+    (the student's accuracy on each part), ``ece_student``, ``ece_teacher``."""
     right, wrong = split_accuracy(student_logits, teacher_logits, targets)
     return {
         "agreement": agreement(student_logits, teacher_logits),
+        "teacher_accuracy": (teacher_logits.argmax(1) == targets).float().mean().item(),
         "kl": soft_kl(student_logits, teacher_logits, temperature).item(),
         "teacher_correct_accuracy": right,
         "teacher_wrong_accuracy": wrong,

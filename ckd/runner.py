@@ -417,8 +417,9 @@ class _ProgressPlugin(_plugin_base()):
 
 class _TeacherDiagnostics(_plugin_base()):
     """At the end of each experience, before the KD plugin replaces its teacher,
-    compare the student with the teacher it was distilled from on the test sets
-    of the experiences seen so far (``ckd.diagnostics.distillation_report``)."""
+    compare the student with the teacher it was distilled from: on the held-out
+    sets of the experiences the teacher was trained on (``ckd.diagnostics.distillation_report``)
+    and on the replay buffer (``buffer_agreement``, ``buffer_kl``)."""
 
     def __init__(self, evaluator: AccuracyEvaluator) -> None:
         super().__init__()
@@ -426,28 +427,38 @@ class _TeacherDiagnostics(_plugin_base()):
         self.records: list[dict | None] = []
 
     def after_training_exp(self, strategy, **kwargs) -> None:
-        from avalanche.models.utils import avalanche_forward
-
-        from ckd.diagnostics import distillation_report
+        from ckd.diagnostics import agreement, distillation_report
+        from ckd.losses import soft_kl
         from ckd.plugins import KDReplayPlugin
 
         kd = next((p for p in strategy.plugins if isinstance(p, KDReplayPlugin)), None)
-        if kd is None or kd.teacher is None:
+        current = strategy.experience.current_experience
+        if kd is None or kd.teacher is None or current == 0:
             self.records.append(None)
             return
-        seen = self.evaluator.test_sets[: strategy.experience.current_experience + 1]
-        x, y, t = (torch.cat(parts) for parts in zip(*seen))
-        model = strategy.model
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            student = torch.cat([avalanche_forward(model, x[i : i + 1000], t[i : i + 1000]) for i in range(0, len(x), 1000)])
-        model.train(was_training)
-        teacher = torch.cat([kd.teacher.logits(x[i : i + 1000], t[i : i + 1000])[0] for i in range(0, len(x), 1000)])
-        width = teacher.shape[1]
-        report = distillation_report(student[:, :width], teacher, y, kd.config.temperature)
+        taught = self.evaluator.test_sets[:current]
+        x, y, t = (torch.cat(parts) for parts in zip(*taught))
+        student, teacher = _student_and_teacher_logits(strategy.model, kd.teacher, x, t)
+        report = distillation_report(student, teacher, y, kd.config.temperature)
+        if kd.buffer is not None and not kd.buffer.is_empty:
+            student, teacher = _student_and_teacher_logits(strategy.model, kd.teacher, kd.buffer.x, kd.buffer.task)
+            report["buffer_agreement"] = agreement(student, teacher)
+            report["buffer_kl"] = soft_kl(student, teacher, kd.config.temperature).item()
         # NaN (an empty teacher-right or teacher-wrong part) is null in the JSON.
         self.records.append({k: (None if math.isnan(v) else v) for k, v in report.items()})
+
+
+def _student_and_teacher_logits(model, teacher, x: torch.Tensor, t: torch.Tensor, batch: int = 1000):
+    """Eval-mode logits of the model and the teacher on ``x``, cut to the teacher's width."""
+    from avalanche.models.utils import avalanche_forward
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        student = torch.cat([avalanche_forward(model, x[i : i + batch], t[i : i + batch]) for i in range(0, len(x), batch)])
+    model.train(was_training)
+    out = torch.cat([teacher.logits(x[i : i + batch], t[i : i + batch])[0] for i in range(0, len(x), batch)])
+    return student[:, : out.shape[1]], out
 
 
 class _PeriodicEvaluation(_plugin_base()):

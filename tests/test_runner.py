@@ -227,7 +227,11 @@ def test_kd_runs_record_teacher_diagnostics_per_experience():
     records = result["diagnostics"]
     assert len(records) == 5 and records[0] is None  # no teacher during the first experience
     for r in records[1:]:
-        assert set(r) == {"agreement", "kl", "teacher_correct_accuracy", "teacher_wrong_accuracy",
-                          "ece_student", "ece_teacher"}
+        assert set(r) == {"agreement", "kl", "teacher_accuracy", "teacher_correct_accuracy", "teacher_wrong_accuracy",
+                          "ece_student", "ece_teacher", "buffer_agreement", "buffer_kl"}
         assert 0.0 <= r["agreement"] <= 1.0 and r["kl"] >= 0.0 and 0.0 <= r["ece_student"] <= 1.0
+        assert 0.0 <= r["buffer_agreement"] <= 1.0 and r["buffer_kl"] >= 0.0
+    # Held-out data of the experiences the teacher learned only: in class-IL it cannot
+    # be right on the current classes, so with them its accuracy would be at most half.
+    assert records[1]["teacher_accuracy"] > 0.6
     assert run(RunConfig("split-digits", "naive", seed=0, epochs=1))["diagnostics"] is None
