@@ -1,4 +1,4 @@
-"""The ``ckd`` command: run, suite, summary, plot."""
+"""The ``ckd`` command: run, suite, sweep, summary, plot."""
 
 from __future__ import annotations
 
@@ -66,6 +66,25 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     s.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     _add_common(s)
+
+    w = sub.add_parser("sweep", help="temperature x alpha sweep on a validation split, with the distiller's-dilemma figure")
+    w.add_argument("--stream", default="split-digits")
+    w.add_argument("--method", default="kd-replay")
+    w.add_argument("--temperature", nargs="+", type=float, default=[0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+    w.add_argument("--alpha", nargs="+", type=float, default=[1.0],
+                   help="values of alpha (current_alpha for kd-lwf)")
+    w.add_argument("--seeds", nargs="+", type=int, default=[0])
+    w.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of each experience's training data held out to score the sweep (default 0.1)")
+    w.add_argument("--device", default="cpu")
+    w.add_argument("--epochs", type=int, default=None)
+    w.add_argument("--lr", type=float, default=None)
+    w.add_argument("--batch-size", type=int, default=None)
+    w.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="other method settings")
+    w.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    w.add_argument("--force", action="store_true")
+    w.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    _add_common(w)
 
     m = sub.add_parser("summary", help="mean ± std over seeds, as Markdown and CSV")
     m.add_argument("results")
@@ -138,7 +157,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_suite(args) -> int:
-    from ckd.runner import result_path, run_to_file
+    from ckd.runner import result_path
     from ckd.suite import load_suite
 
     configs = load_suite(args.suite, device=args.device)
@@ -146,25 +165,68 @@ def _cmd_suite(args) -> int:
         for c in configs:
             print(result_path(args.out, c))
         return 0
+    _run_all(configs, args)
+    return 0
+
+
+def _run_all(configs, args) -> list[Path]:
+    """Run (or keep) every config, ``args.jobs`` at a time; the result paths in order."""
+    from ckd.runner import run_to_file
+
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.jobs == 1:
+        paths = []
         for k, config in enumerate(configs, 1):
             if not args.quiet:
                 print(f"[{k}/{len(configs)}]", end=" ", flush=True)
             path, ran = run_to_file(config, args.out, args.data_root, progress=not args.quiet, skip_existing=not args.force)
             _print_result(path, ran)
-        return 0
+            paths.append(path)
+        return paths
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_die_with_parent) as pool:
-        futures = [
-            pool.submit(run_to_file, c, args.out, args.data_root, False, not args.force) for c in configs
-        ]
+        futures = {
+            pool.submit(run_to_file, c, args.out, args.data_root, False, not args.force): k
+            for k, c in enumerate(configs)
+        }
+        paths: list[Path | None] = [None] * len(configs)
         for future in as_completed(futures):
-            _print_result(*future.result())
+            path, ran = future.result()
+            _print_result(path, ran)
+            paths[futures[future]] = path
+    return paths
+
+
+def _cmd_sweep(args) -> int:
+    from ckd.plotting import plot_distillers_dilemma
+    from ckd.runner import RunConfig, write_json_atomic
+    from ckd.sweep import format_sweep, recommend, summarize_sweep, sweep_configs
+
+    fields = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size).items() if v is not None}
+    base = RunConfig(
+        stream=args.stream, method=args.method, device=args.device,
+        validation_fraction=args.validation_fraction, method_args=_parse_sets(args.set), **fields,
+    )
+    configs = sweep_configs(base, args.temperature, args.alpha, args.seeds)
+    paths = _run_all(configs, args)
+    results = [json.loads(p.read_text()) for p in paths]
+    rows = summarize_sweep(results)
+    best = recommend(rows)
+    out = Path(args.out)
+    write_json_atomic(out / "sweep.json", {
+        "stream": args.stream, "method": args.method, "validation_fraction": args.validation_fraction,
+        "rows": rows, "recommended": {"temperature": best["temperature"], "alpha": best["alpha"]},
+    })
+    figure = plot_distillers_dilemma(results, out / f"distillers_dilemma.{args.format}")
+    print()
+    print(format_sweep(rows))
+    print(f"\nrecommended: temperature={best['temperature']:g} alpha={best['alpha']:g} "
+          f"({best['accuracy']:.2f}% validation accuracy)")
+    print(f"wrote {out / 'sweep.json'} and {figure}")
     return 0
 
 
@@ -205,7 +267,8 @@ def _cmd_plot(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        return {"run": _cmd_run, "suite": _cmd_suite, "summary": _cmd_summary, "plot": _cmd_plot}[args.command](args)
+        commands = {"run": _cmd_run, "suite": _cmd_suite, "sweep": _cmd_sweep, "summary": _cmd_summary, "plot": _cmd_plot}
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError) as err:
         print(f"ckd: error: {err}", file=sys.stderr)
         return 2

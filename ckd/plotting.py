@@ -37,6 +37,7 @@ __all__ = [
     "plot_forgetting_curves",
     "plot_accuracy_heatmaps",
     "plot_method_comparison",
+    "plot_distillers_dilemma",
     "plot_all",
 ]
 
@@ -376,6 +377,60 @@ def plot_method_comparison(
     seeds = sorted({row["n_seeds"] for row in rows})
     n = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     fig.suptitle(f"{stream}: mean ± std over seeds (n={n})")
+    return _save(fig, path)
+
+
+def plot_distillers_dilemma(
+    results: Iterable[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    stream: str | None = None,
+) -> Path:
+    """The distiller's dilemma of a temperature sweep (``ckd sweep``), against T (log axis):
+    final validation accuracy, student–teacher agreement, and the student's accuracy
+    on the held-out samples the teacher gets right and wrong; one line per alpha,
+    error bars ± std over seeds, the recommended setting marked."""
+    from ckd.sweep import recommend, summarize_sweep
+
+    stream, groups = _stream_groups(results, stream)
+    runs = [run for group in groups.values() for run in group]
+    methods = sorted({run["method"] for run in runs})
+    if len(methods) != 1:
+        raise ValueError(f"a sweep figure draws one method, the results hold {methods}")
+    rows = summarize_sweep(runs)
+    best = recommend(rows)
+    alphas = sorted({row["alpha"] for row in rows})
+    fig = Figure(figsize=(3 * _CURVE_PANEL[0], _CURVE_PANEL[1] + 0.4), layout="constrained")
+    axes = _panels(fig, 3)
+    colors = colormaps["viridis"](np.linspace(0.1, 0.85, len(alphas)))
+    for alpha, color in zip(alphas, colors):
+        line = [row for row in rows if row["alpha"] == alpha]
+        t = np.array([row["temperature"] for row in line])
+
+        def values(key: str, scale: float = 100.0) -> np.ndarray:
+            return np.array([np.nan if row[key] is None else scale * row[key] for row in line])
+
+        axes[0].errorbar(t, values("accuracy", 1.0), yerr=values("accuracy_std", 1.0), color=color,
+                         marker="o", capsize=3, label=f"α = {alpha:g}")
+        axes[1].plot(t, values("agreement"), color=color, marker="o")
+        axes[2].plot(t, values("teacher_wrong_accuracy"), color=color, marker="o")
+        axes[2].plot(t, values("teacher_correct_accuracy"), color=color, marker="s", linestyle=":")
+    titles = (
+        ("final validation accuracy", "accuracy (%)"),
+        ("student–teacher agreement (old experiences)", "agreement (%)"),
+        ("student accuracy where the teacher is wrong (—) / right (···)", "accuracy (%)"),
+    )
+    for ax, (title, ylabel) in zip(axes, titles):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("temperature T")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.axvline(best["temperature"], color="0.4", linestyle="--", linewidth=0.8)
+        ax.grid(True, color="0.92")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"{stream}, {methods[0]}: recommended T = {best['temperature']:g}, α = {best['alpha']:g} "
+        f"({best['accuracy']:.2f}% on validation)"
+    )
     return _save(fig, path)
 
 

@@ -1,0 +1,137 @@
+"""Temperature × alpha sweeps on a validation split, and the distiller's dilemma.
+
+A too-low temperature makes the student copy the teacher's mistakes (agreement
+rises while the student's accuracy on the samples the teacher gets wrong
+falls); a too-high one flattens the targets until they say nothing. A sweep
+runs one method over a grid of ``temperature`` and ``alpha`` on a validation
+split carved from the training data, reads the per-experience diagnostics of
+each run, and recommends the setting with the best validation accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ckd.losses import check_temperature
+from ckd.methods import resolve_method_args
+from ckd.runner import RunConfig
+
+__all__ = ["SWEPT_DIAGNOSTICS", "recommend", "summarize_sweep", "sweep_configs", "weight_key"]
+
+# Diagnostics averaged over the experiences that had a teacher (1 … N−1).
+SWEPT_DIAGNOSTICS = ("agreement", "kl", "teacher_correct_accuracy", "teacher_wrong_accuracy")
+
+
+def weight_key(method: str) -> str:
+    """The method setting ``alpha`` sweeps: ``alpha``, or ``current_alpha`` for ``kd-lwf``."""
+    args = resolve_method_args(method)
+    for key in ("alpha", "current_alpha"):
+        if key in args:
+            return key
+    raise ValueError(f"method {method!r} has no alpha to sweep (it does not distil)")
+
+
+def sweep_configs(
+    base: RunConfig, temperatures: Sequence[float], alphas: Sequence[float], seeds: Sequence[int]
+) -> list[RunConfig]:
+    """One run per ``(temperature, alpha, seed)``, labelled ``{name}@T{t}-a{alpha}``.
+
+    ``base`` must evaluate on a validation split (``validation_fraction > 0``):
+    choosing a temperature on the test set would report a tuned test number.
+    """
+    if not base.validation_fraction > 0:
+        raise ValueError(
+            "a sweep chooses settings, so it must evaluate on a validation split: "
+            f"validation_fraction must be > 0, got {base.validation_fraction}"
+        )
+    if "temperature" not in resolve_method_args(base.method):
+        raise ValueError(f"method {base.method!r} has no temperature to sweep")
+    key = weight_key(base.method)
+    if not temperatures or not alphas or not seeds:
+        raise ValueError("a sweep needs at least one temperature, one alpha and one seed")
+    for t in temperatures:
+        check_temperature(t)
+    for a in alphas:
+        if not a >= 0:
+            raise ValueError(f"alpha must be >= 0, got {a}")
+    configs = []
+    for t in temperatures:
+        for a in alphas:
+            args = {**base.method_args, "temperature": float(t), key: float(a)}
+            for seed in seeds:
+                configs.append(dataclasses.replace(
+                    base, seed=int(seed), label=f"{base.name}@T{t:g}-a{a:g}", method_args=args,
+                ))
+    return configs
+
+
+def _run_diagnostics(result: Mapping[str, Any]) -> dict[str, float]:
+    records = [r for r in (result.get("diagnostics") or []) if r]
+    out = {}
+    for name in SWEPT_DIAGNOSTICS:
+        values = [r[name] for r in records if r.get(name) is not None]
+        out[name] = float(np.mean(values)) if values else math.nan
+    return out
+
+
+def summarize_sweep(results: Sequence[Mapping[str, Any]], method: str | None = None) -> list[dict[str, Any]]:
+    """One row per ``(temperature, alpha)``: mean and std over seeds of the final
+    validation accuracy, and the means of :data:`SWEPT_DIAGNOSTICS`, sorted by T then alpha."""
+    groups: dict[tuple[float, float], list[Mapping[str, Any]]] = {}
+    for result in results:
+        if method is not None and result["method"] != method:
+            continue
+        args = result["config"]["method_args"]
+        key = weight_key(result["method"])
+        groups.setdefault((float(args["temperature"]), float(args[key])), []).append(result)
+    rows = []
+    for (t, a), runs in sorted(groups.items()):
+        accuracy = [100 * r["final_average_accuracy"] for r in runs]
+        diagnostics = [_run_diagnostics(r) for r in runs]
+        row: dict[str, Any] = {
+            "temperature": t,
+            "alpha": a,
+            "seeds": sorted(r["seed"] for r in runs),
+            "accuracy": float(np.mean(accuracy)),
+            "accuracy_std": float(np.std(accuracy, ddof=1)) if len(runs) > 1 else 0.0,
+            "forgetting": float(np.mean([100 * r["average_forgetting"] for r in runs])),
+        }
+        for name in SWEPT_DIAGNOSTICS:
+            values = [d[name] for d in diagnostics if not math.isnan(d[name])]
+            row[name] = float(np.mean(values)) if values else None
+        rows.append(row)
+    return rows
+
+
+def recommend(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The row with the best mean validation accuracy (the lower temperature on a tie)."""
+    if not rows:
+        raise ValueError("no sweep results to recommend from")
+    return max(rows, key=lambda r: (r["accuracy"], -r["temperature"]))
+
+
+def format_sweep(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of the sweep, the recommended row marked."""
+    best = recommend(rows)
+
+    def pct(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    lines = [
+        "| T | α | val. ACC (%) | forgetting (%) | agreement (%) | acc. where teacher right (%) | acc. where teacher wrong (%) | KL |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        mark = " **←**" if r is best else ""
+        kl = "–" if r["kl"] is None else f"{r['kl']:.3f}"
+        lines.append(
+            f"| {r['temperature']:g} | {r['alpha']:g} | {r['accuracy']:.2f} ± {r['accuracy_std']:.2f}{mark} | "
+            f"{r['forgetting']:.2f} | {pct(r['agreement'])} | {pct(r['teacher_correct_accuracy'])} | "
+            f"{pct(r['teacher_wrong_accuracy'])} | {kl} |"
+        )
+    return "\n".join(lines)
