@@ -427,3 +427,32 @@ def test_several_teachers_keep_the_last_snapshots_and_one_teacher_is_kd_replay(d
     assert torch.equal(one, _final_weights(digits))
     for ensemble in ("own", "average"):
         assert not torch.equal(_final_weights(digits, n_teachers=3, ensemble=ensemble), one)
+
+
+def test_distillation_metrics_report_student_against_teacher_during_eval(digits):
+    from avalanche.evaluation.metrics import accuracy_metrics
+
+    from ckd.diagnostics import distillation_report
+    from ckd.evaluation import DistillationMetrics
+
+    kd = KDReplayPlugin(mem_size=100, beta=1.0)
+    model = _mlp()
+    strategy = Naive(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
+        train_mb_size=10, train_epochs=1, eval_mb_size=64, plugins=[kd],
+        evaluator=EvaluationPlugin(accuracy_metrics(experience=True), DistillationMetrics(kd), loggers=[]),
+    )
+    test = digits.benchmark.test_stream
+    strategy.train(digits.benchmark.train_stream[0])
+    assert strategy.eval(test[:1]) is not None  # the teacher now exists
+    strategy.train(digits.benchmark.train_stream[1])
+    metrics = strategy.eval(test[:2])
+    name = "Distillation_agreement/eval_phase/test_stream/Task000/Exp000"
+    assert name in metrics
+    x = torch.stack([test[0].dataset[i][0] for i in range(len(test[0].dataset))])
+    y = torch.tensor([test[0].dataset[i][1] for i in range(len(test[0].dataset))])
+    model.eval()
+    with torch.no_grad():
+        expected = distillation_report(model(x), kd.teacher.logits(x, torch.zeros_like(y))[0], y, 2.0)
+    for key, value in expected.items():
+        assert metrics[f"Distillation_{key}/eval_phase/test_stream/Task000/Exp000"] == pytest.approx(value, abs=1e-5)
