@@ -406,7 +406,7 @@ def plot_distillers_dilemma(
         line = [row for row in rows if row["alpha"] == alpha]
         t = np.array([row["temperature"] for row in line])
 
-        def values(key: str, scale: float = 100.0) -> np.ndarray:
+        def values(key: str, scale: float = 100.0, line: list = line) -> np.ndarray:
             return np.array([np.nan if row[key] is None else scale * row[key] for row in line])
 
         axes[0].errorbar(t, values("accuracy", 1.0), yerr=values("accuracy_std", 1.0), color=color,

@@ -1,5 +1,4 @@
 import pytest
-import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
