@@ -8,6 +8,13 @@ a drift in machine speed hits every method alike. Ratios are of medians.
 
     python benchmarks/speed.py --data-root DIR --json speed.json [--quick] [--device cuda]
     python benchmarks/speed.py --profile kd-replay    # where the time of one method goes
+    python benchmarks/speed.py --family --data-root DIR --json family_cost.json
+
+``--family`` times the distillation family instead (the Seq-MNIST @500 setting of
+``benchmarks/distillation_family.toml``): experiences 0–3 are learned untimed,
+so that several teachers exist, then experience 4 is timed; it also reports the
+memory each method keeps between experiences (buffer, stored teachers) and the
+ratios of both to kd-replay alone.
 
 Methods: ``raw_loop`` (plain PyTorch doing kd-replay's math: one forward over
 current + replayed rows, a teacher forward, soft KL + CE, backward, step; data
@@ -55,23 +62,50 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class AvalancheMethod:
-    """An Avalanche strategy trained on experience 0, then timed on experience 1."""
+def _baseline(name: str, mem_size: int, replay_batch: int) -> tuple[str, dict]:
+    return {
+        "naive": ("naive", {}),
+        "naive_replay": ("replay", {"mem_size": mem_size, "replay_batch_size": replay_batch, "policy": "reservoir"}),
+        "der": ("der", {"mem_size": mem_size, "replay_batch_size": replay_batch, "alpha": 1.0, "beta": 0.5}),
+        "kd_replay": ("kd-replay", _kd_args(mem_size, replay_batch)),
+        "kd_replay_cached": ("kd-replay-cached", _kd_args(mem_size, replay_batch)),
+    }[name]
 
-    def __init__(self, name: str, stream, settings: TrainSettings, mem_size: int, replay_batch: int) -> None:
-        method, args = {
-            "naive": ("naive", {}),
-            "naive_replay": ("replay", {"mem_size": mem_size, "replay_batch_size": replay_batch, "policy": "reservoir"}),
-            "der": ("der", {"mem_size": mem_size, "replay_batch_size": replay_batch, "alpha": 1.0, "beta": 0.5}),
-            "kd_replay": ("kd-replay", _kd_args(mem_size, replay_batch)),
-            "kd_replay_cached": ("kd-replay-cached", _kd_args(mem_size, replay_batch)),
-        }[name]
+
+_FAMILY_BASE = {"mem_size": 500, "replay_batch_size": 64, "alpha": 1.0, "temperature": 2.0, "beta": 1.0,
+                "policy": "reservoir", "known_classes_only": False}
+FAMILY = {  # name -> (method, settings): benchmarks/distillation_family.toml at buffer 500
+    "kd_replay": ("kd-replay", _FAMILY_BASE),
+    "kd_replay_cached": ("kd-replay-cached", _FAMILY_BASE),
+    "kd_feature": ("kd-feature", {**_FAMILY_BASE, "feature_weight": 1.0, "feature_metric": "l2"}),
+    "kd_relation": ("kd-relation", {**_FAMILY_BASE, "relation_weight": 1.0}),
+    "kd_replay_lwf": ("kd-replay-lwf", {**_FAMILY_BASE, "current_alpha": 1.0}),
+    "kd_multi_teacher_own": ("kd-multi-teacher", {**_FAMILY_BASE, "n_teachers": 4, "ensemble": "own"}),
+    "kd_multi_teacher_average": ("kd-multi-teacher", {**_FAMILY_BASE, "n_teachers": 4, "ensemble": "average"}),
+    "kd_lwf": ("kd-lwf", {"current_alpha": 1.0, "temperature": 2.0}),
+}
+
+
+class AvalancheMethod:
+    """An Avalanche strategy trained on the first ``warmup`` experiences, then timed on the next."""
+
+    def __init__(self, method: str, args: dict, stream, settings: TrainSettings, warmup: int = 1) -> None:
         torch.manual_seed(0)
         self.model = mlp(stream.input_shape, stream.n_classes)
         self.strategy = make_strategy(method, self.model, settings, args)
         self.stream = stream
-        self.strategy.train(stream.benchmark.train_stream[0])
+        for experience in stream.benchmark.train_stream[:warmup]:
+            self.strategy.train(experience)
         self.state = copy.deepcopy(self.strategy.model.state_dict())
+
+    def state_mb(self) -> dict[str, float]:
+        """Memory the method keeps between experiences (ckd plugins only), MB."""
+        from ckd.plugins import KDReplayPlugin
+
+        kd = next((p for p in self.strategy.plugins if isinstance(p, KDReplayPlugin)), None)
+        if kd is None:
+            return {}
+        return {k: v / 2**20 for k, v in kd.memory_bytes().items()}
 
     def time_experience(self, experience) -> float:
         self.strategy.model.load_state_dict(self.state)
@@ -153,7 +187,7 @@ def measure(args: argparse.Namespace) -> dict:
         runners[name] = (
             RawLoop(stream, settings, args.mem_size, args.replay_batch)
             if name == "raw_loop"
-            else AvalancheMethod(name, stream, settings, args.mem_size, args.replay_batch)
+            else AvalancheMethod(*_baseline(name, args.mem_size, args.replay_batch), stream, settings)
         )
     samples: dict[str, list[float]] = {name: [] for name in runners}
     peak_cuda: dict[str, float | None] = {name: None for name in runners}
@@ -184,11 +218,48 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
+def measure_family(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    stream = make_stream(
+        "split-mnist", seed=0, data_root=args.data_root,
+        max_train_per_experience=args.max_train, max_test_per_experience=100,
+    )
+    settings = TrainSettings(lr=0.03, batch_size=10, epochs=1, eval_batch_size=1000, device=args.device)
+    experience = stream.benchmark.train_stream[4]
+    iterations = math.ceil(len(experience.dataset) / settings.batch_size)
+    runners = {name: AvalancheMethod(*FAMILY[name], stream, settings, warmup=4) for name in args.family_methods}
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, runner in runners.items():
+            samples[name].append(runner.time_experience(experience) / iterations)
+    seconds = {name: statistics.median(v) for name, v in samples.items()}
+    state = {name: runner.state_mb() for name, runner in runners.items()}
+    base_state = sum(state["kd_replay"].values()) if "kd_replay" in state else None
+    return {
+        "protocol": "Seq-MNIST (DER) @500: MLP 784-100-100-10, SGD lr 0.03, stream batch 10, replay batch 64, "
+                    "experiences 0-3 untimed, experience 4 timed",
+        "device": device_name(device),
+        "threads": args.threads,
+        "iterations_per_repeat": iterations,
+        "repeats": args.repeats,
+        "methods": {name: {"method": m, "settings": a} for name, (m, a) in FAMILY.items() if name in runners},
+        "seconds_per_iteration": seconds,
+        "seconds_per_iteration_all": samples,
+        "state_mb": state,
+        "time_vs_kd_replay": {n: s / seconds["kd_replay"] for n, s in seconds.items()} if "kd_replay" in seconds else {},
+        "state_vs_kd_replay": (
+            {n: sum(v.values()) / base_state for n, v in state.items()} if base_state else {}
+        ),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
 def profile(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     stream = make_stream("split-mnist", seed=0, data_root=args.data_root, max_train_per_experience=args.max_train)
     settings = TrainSettings(lr=0.03, batch_size=10, epochs=1, eval_batch_size=1000, device=args.device)
-    runner = AvalancheMethod(args.profile, stream, settings, args.mem_size, args.replay_batch)
+    runner = AvalancheMethod(*_baseline(args.profile, args.mem_size, args.replay_batch), stream, settings)
     profiler = cProfile.Profile()
     profiler.enable()
     runner.time_experience(stream.benchmark.train_stream[1])
@@ -210,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--family", action="store_true",
+                        help="time the distillation family on experience 4 instead (default 2000 images per experience)")
+    parser.add_argument("--family-methods", nargs="+", default=list(FAMILY), choices=list(FAMILY))
     parser.add_argument("--profile", default=None, choices=[m for m in METHODS if m != "raw_loop"],
                         help="print a cProfile of one method's timed experience instead")
     args = parser.parse_args(argv)
@@ -219,6 +293,17 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     if args.profile:
         profile(args)
+        return 0
+    if args.family:
+        args.max_train = args.max_train or 2000
+        result = measure_family(args)
+        print(f"{'method':<26} {'ms / iteration':>15} {'vs kd-replay':>13} {'state (MB)':>11}")
+        for name, sec in result["seconds_per_iteration"].items():
+            print(f"{name:<26} {1000 * sec:>15.3f} {result['time_vs_kd_replay'].get(name, float('nan')):>13.3f} "
+                  f"{sum(result['state_mb'][name].values()):>11.3f}")
+        if args.json:
+            write_json_atomic(Path(args.json), result)
+            print(f"wrote {args.json}", file=sys.stderr)
         return 0
     result = measure(args)
     print(f"{'method':<18} {'ms / iteration':>15}")

@@ -159,6 +159,11 @@ class ReplayBuffer:
         if self._logits_mask is not None:
             self._logits_mask[slots] = False  # the previous occupant's logits are stale
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the preallocated storage (samples, labels, cached logits)."""
+        return sum(t.numel() * t.element_size() for name in _STORAGE if (t := getattr(self, name)) is not None)
+
     def to(self, device: torch.device | str) -> "ReplayBuffer":
         """Move storage and generator to ``device`` (e.g. after loading a checkpoint
         on another machine). The generator is re-seeded from its own next draw."""

@@ -290,6 +290,14 @@ class KDReplayPlugin(SupervisedPlugin):
             self._cached_logits_cover_all = False
         self._current = None
 
+    def memory_bytes(self) -> dict[str, int]:
+        """What the plugin keeps between experiences: ``buffer`` (samples, labels,
+        cached logits) and ``teachers`` (the stored snapshots), in bytes."""
+        return {
+            "buffer": 0 if self.buffer is None else self.buffer.nbytes,
+            "teachers": sum(t.nbytes for t in self.teachers.teachers),
+        }
+
     # --------------------------------------------------------------- helpers
     def teacher_or_logits_exist(self) -> bool:
         """Whether an experience has ended, i.e. there are old classes to protect."""

@@ -106,6 +106,12 @@ class Teacher:
             return out, None  # every output of every sample is a target
         return out, self.class_mask(task, out.shape[1])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the snapshot's parameters and buffers."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def to(self, device: torch.device | str) -> "Teacher":
         self.model.to(device)
         return self

@@ -66,7 +66,7 @@ def test_feature_plugins_reject_bad_settings():
         _last_linear(nn.Sequential(nn.ReLU()))
 
 
-@pytest.mark.parametrize("method", ["kd-feature", "kd-relation", "kd-replay-lwf"])
+@pytest.mark.parametrize("method", ["kd-feature", "kd-relation", "kd-replay-lwf", "kd-multi-teacher"])
 def test_runner_methods_train_end_to_end(method):
     result = run(RunConfig("split-digits", method, seed=0, epochs=1, method_args={"mem_size": 100}))
     assert result["final_average_accuracy"] > 0.4

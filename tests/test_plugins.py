@@ -456,3 +456,17 @@ def test_distillation_metrics_report_student_against_teacher_during_eval(digits)
         expected = distillation_report(model(x), kd.teacher.logits(x, torch.zeros_like(y))[0], y, 2.0)
     for key, value in expected.items():
         assert metrics[f"Distillation_{key}/eval_phase/test_stream/Task000/Exp000"] == pytest.approx(value, abs=1e-5)
+
+
+def test_memory_bytes_count_the_buffer_and_each_stored_teacher(digits):
+    model = _mlp()
+    params = sum(p.numel() for p in model.parameters()) * 4
+    kd = KDReplayPlugin(mem_size=100, n_teachers=2)
+    cached = KDReplayPlugin(mem_size=100, teacher="cached")
+    _train(_strategy(model, [kd], epochs=1), digits, experiences=range(3))
+    _train(_strategy(_mlp(), [cached], epochs=1), digits, experiences=range(2))
+    # 100 slots of 64 float32 pixels, int64 label, task and experience (+1 scratch row).
+    buffer = 101 * (64 * 4 + 3 * 8)
+    assert kd.memory_bytes() == {"buffer": buffer, "teachers": 2 * params}
+    # Cached logits replace the model: 10 float32 logits and 10 mask bytes per row.
+    assert cached.memory_bytes() == {"buffer": buffer + 101 * (10 * 4 + 10), "teachers": 0}
