@@ -417,7 +417,7 @@ def plot_distillers_dilemma(
     titles = (
         ("final validation accuracy", "accuracy (%)"),
         ("student–teacher agreement (old experiences)", "agreement (%)"),
-        ("student accuracy where the teacher is wrong (—) / right (···)", "accuracy (%)"),
+        ("student accuracy: teacher wrong (—), right (···)", "accuracy (%)"),
     )
     for ax, (title, ylabel) in zip(axes, titles):
         ax.set_xscale("log", base=2)
