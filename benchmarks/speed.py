@@ -172,7 +172,8 @@ def _tensors(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat(xs).to(device), torch.cat(ys).to(device)
 
 
-def measure(args: argparse.Namespace) -> dict:
+def _setup(args: argparse.Namespace, timed: int):
+    """Device, Seq-MNIST stream, DER training settings, the timed experience and its iterations."""
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     stream = make_stream(
@@ -180,8 +181,12 @@ def measure(args: argparse.Namespace) -> dict:
         max_train_per_experience=args.max_train, max_test_per_experience=100,
     )
     settings = TrainSettings(lr=0.03, batch_size=10, epochs=1, eval_batch_size=1000, device=args.device)
-    experience = stream.benchmark.train_stream[1]
-    iterations = math.ceil(len(experience.dataset) / settings.batch_size)
+    experience = stream.benchmark.train_stream[timed]
+    return device, stream, settings, experience, math.ceil(len(experience.dataset) / settings.batch_size)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    device, stream, settings, experience, iterations = _setup(args, timed=1)
     runners = {}
     for name in args.methods:
         runners[name] = (
@@ -219,15 +224,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def measure_family(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    stream = make_stream(
-        "split-mnist", seed=0, data_root=args.data_root,
-        max_train_per_experience=args.max_train, max_test_per_experience=100,
-    )
-    settings = TrainSettings(lr=0.03, batch_size=10, epochs=1, eval_batch_size=1000, device=args.device)
-    experience = stream.benchmark.train_stream[4]
-    iterations = math.ceil(len(experience.dataset) / settings.batch_size)
+    device, stream, settings, experience, iterations = _setup(args, timed=4)
     runners = {name: AvalancheMethod(*FAMILY[name], stream, settings, warmup=4) for name in args.family_methods}
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.repeats):
