@@ -25,6 +25,12 @@ class TrainSettings:
     momentum: float = 0.0
 
 
+# The replay-distillation settings every buffered kd-* method starts from.
+_KD_REPLAY: dict[str, Any] = {
+    "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
+    "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
+}
+
 # Defaults follow the DER paper's tuned Seq-MNIST settings where they exist.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "naive": {},
@@ -33,35 +39,13 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lwf": {"alpha": 1.0, "temperature": 2.0},
     "ewc": {"ewc_lambda": 100.0},
     "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
-    "kd-replay": {
-        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "teacher": "snapshot",
-        "current_classes_only": False,
-    },
-    "kd-feature": {
-        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
-        "feature_weight": 1.0, "feature_metric": "l2",
-    },
-    "kd-relation": {
-        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
-        "relation_weight": 1.0,
-    },
+    "kd-replay": {**_KD_REPLAY, "teacher": "snapshot", "current_classes_only": False},
+    "kd-feature": {**_KD_REPLAY, "feature_weight": 1.0, "feature_metric": "l2"},
+    "kd-relation": {**_KD_REPLAY, "relation_weight": 1.0},
     "kd-lwf": {"current_alpha": 1.0, "temperature": 2.0},
-    "kd-replay-lwf": {
-        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "current_alpha": 1.0,
-    },
-    "kd-multi-teacher": {
-        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
-        "n_teachers": 4, "ensemble": "own",
-    },
-    "kd-replay-cached": {
-        "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-        "beta": 1.0, "policy": "class_balanced", "known_classes_only": True, "current_classes_only": False,
-    },
+    "kd-replay-lwf": {**_KD_REPLAY, "current_alpha": 1.0},
+    "kd-multi-teacher": {**_KD_REPLAY, "n_teachers": 4, "ensemble": "own"},
+    "kd-replay-cached": {**_KD_REPLAY, "current_classes_only": False},
 }
 
 
