@@ -132,6 +132,7 @@ class TeacherSet:
         self.size = size
         self.teachers: list[Teacher] = []
         self.experiences: list[int] = []
+        self._finished: Tensor | None = None  # ``experiences`` on the device, built once per change
 
     def __len__(self) -> int:
         return len(self.teachers)
@@ -145,15 +146,18 @@ class TeacherSet:
         while len(self.teachers) >= self.size:
             self.teachers.pop(0)
             self.experiences.pop(0)
+            self._finished = None
 
     def add(self, teacher: Teacher, experience: int) -> None:
         self.make_room()
         self.teachers.append(teacher)
         self.experiences.append(int(experience))
+        self._finished = None
 
     def clear(self) -> None:
         self.teachers.clear()
         self.experiences.clear()
+        self._finished = None
 
     def to(self, device: torch.device | str) -> "TeacherSet":
         for teacher in self.teachers:
@@ -186,7 +190,9 @@ class TeacherSet:
         for k, (out, mask) in enumerate(outputs):  # heads may have grown between snapshots
             logits[k, :, : out.shape[1]] = out
             masks[k, :, : out.shape[1]] = True if mask is None else mask
-        finished = torch.as_tensor(self.experiences, device=experience.device)
+        if self._finished is None or self._finished.device != experience.device:
+            self._finished = torch.as_tensor(self.experiences, device=experience.device)
+        finished = self._finished
         if ensemble == "own":
             pick = torch.searchsorted(finished, experience.contiguous()).clamp_max(len(self) - 1)
             rows = torch.arange(x.shape[0], device=x.device)
