@@ -21,7 +21,7 @@ from ckd.losses import check_temperature
 from ckd.methods import resolve_method_args
 from ckd.runner import RunConfig
 
-__all__ = ["SWEPT_DIAGNOSTICS", "recommend", "summarize_sweep", "sweep_configs", "weight_key"]
+__all__ = ["SWEPT_DIAGNOSTICS", "format_sweep", "recommend", "summarize_sweep", "sweep_configs", "weight_key"]
 
 # Diagnostics averaged over the experiences that had a teacher (1 … N−1).
 SWEPT_DIAGNOSTICS = ("agreement", "kl", "teacher_correct_accuracy", "teacher_wrong_accuracy")
@@ -79,13 +79,11 @@ def _run_diagnostics(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def summarize_sweep(results: Sequence[Mapping[str, Any]], method: str | None = None) -> list[dict[str, Any]]:
+def summarize_sweep(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per ``(temperature, alpha)``: mean and std over seeds of the final
     validation accuracy, and the means of :data:`SWEPT_DIAGNOSTICS`, sorted by T then alpha."""
     groups: dict[tuple[float, float], list[Mapping[str, Any]]] = {}
     for result in results:
-        if method is not None and result["method"] != method:
-            continue
         args = result["config"]["method_args"]
         key = weight_key(result["method"])
         groups.setdefault((float(args["temperature"]), float(args[key])), []).append(result)
