@@ -83,8 +83,7 @@ class KDReplayConfig:
                     raise ValueError(f"{name} as a per-experience list must not be empty")
                 object.__setattr__(self, name, tuple(float(v) for v in value))
         for name in ("alpha", "beta", "current_alpha"):
-            values = getattr(self, name)
-            for value in values if isinstance(values, tuple) else (values,):
+            for value in _as_tuple(getattr(self, name)):
                 if not value >= 0:  # also rejects NaN
                     raise ValueError(f"{name} must be >= 0, got {value}")
         if max(_as_tuple(self.current_alpha)) > 0 and self.teacher != "snapshot":
