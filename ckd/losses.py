@@ -148,11 +148,17 @@ def feature_distance(student: Tensor, teacher: Tensor, metric: str = "l2") -> Te
     raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
 
 
-def _normalised_pairwise_distances(emb: Tensor) -> Tensor:
+def _off_diagonal(batch: int, device: torch.device) -> Tensor:
+    """``(B, B)`` float: 1 off the diagonal, 0 on it. A weight, not a boolean mask:
+    selecting with a mask would make the host wait for the selection's size."""
+    return 1.0 - torch.eye(batch, device=device)
+
+
+def _normalised_pairwise_distances(emb: Tensor, off_diag: Tensor) -> Tensor:
     """``(B, B)`` Euclidean distances divided by their mean over distinct pairs."""
     d = torch.cdist(emb, emb)
-    off_diag = ~torch.eye(emb.shape[0], dtype=torch.bool, device=emb.device)
-    mean = d[off_diag].mean().clamp_min(1e-12)
+    n_pairs = emb.shape[0] * (emb.shape[0] - 1)
+    mean = ((d * off_diag).sum() / n_pairs).clamp_min(1e-12)
     return d / mean
 
 
@@ -164,10 +170,11 @@ def rkd_distance(student: Tensor, teacher: Tensor) -> Tensor:
     t = teacher.flatten(1).float()
     if s.shape[0] < 2:
         raise ValueError(f"rkd_distance needs at least 2 samples, got {s.shape[0]}")
-    off_diag = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
-    return F.smooth_l1_loss(
-        _normalised_pairwise_distances(s)[off_diag], _normalised_pairwise_distances(t)[off_diag]
+    off_diag = _off_diagonal(s.shape[0], s.device)
+    huber = F.smooth_l1_loss(
+        _normalised_pairwise_distances(s, off_diag), _normalised_pairwise_distances(t, off_diag), reduction="none"
     )
+    return (huber * off_diag).sum() / (s.shape[0] * (s.shape[0] - 1))
 
 
 def _angles(emb: Tensor) -> Tensor:

@@ -130,6 +130,27 @@ def test_rkd_distance_hand_computed():
     assert rkd_distance(student, teacher).item() == pytest.approx(0.25 / 3, abs=1e-6)
 
 
+@pytest.mark.parametrize("batch", [5, 40])  # 40 > 25: cdist switches to its matrix-product form
+def test_rkd_distance_weights_the_off_diagonal_like_selecting_it(batch):
+    # The loss weights the diagonal by 0 instead of selecting the off-diagonal with a
+    # boolean mask (a host sync); value and gradient are those of the selection.
+    torch.manual_seed(2)
+    s = torch.randn(batch, 8, requires_grad=True)
+    t = torch.randn(batch, 8)
+    off = ~torch.eye(batch, dtype=torch.bool)
+
+    def normalised(e):
+        d = torch.cdist(e, e)
+        return d / d[off].mean()
+
+    reference = torch.nn.functional.smooth_l1_loss(normalised(s)[off], normalised(t)[off])
+    (grad_ref,) = torch.autograd.grad(reference, s)
+    loss = rkd_distance(s, t)
+    (grad,) = torch.autograd.grad(loss, s)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert torch.allclose(grad, grad_ref, rtol=1e-4, atol=1e-7)
+
+
 def test_soft_kl_without_mask_equals_all_true_mask():
     torch.manual_seed(1)
     s, t = torch.randn(5, 6), torch.randn(5, 6)
