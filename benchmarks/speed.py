@@ -42,10 +42,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ckd.files import write_json_atomic
 from ckd.losses import soft_kl
 from ckd.methods import TrainSettings, make_strategy
 from ckd.models import mlp
-from ckd.runner import device_name, write_json_atomic
+from ckd.runner import device_name
 from ckd.streams import make_stream
 
 METHODS = ("raw_loop", "naive", "naive_replay", "der", "kd_replay", "kd_replay_cached")

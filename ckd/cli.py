@@ -23,7 +23,7 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"ckd: --set expects key=value, got {item!r}")
+            raise ValueError(f"--set expects key=value, got {item!r}")
         out[key.replace("-", "_")] = _parse_value(value)
     return out
 
@@ -36,9 +36,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckd", description=__doc__)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="on an error, print the Python traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run methods on a stream for some seeds")
+    r = sub.add_parser("run", parents=[debug], help="run methods on a stream for some seeds")
     r.add_argument("--stream", default="split-digits")
     r.add_argument("--method", nargs="+", default=["kd-replay"], help="one or more method names")
     r.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -57,9 +59,10 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from-result", default=None, metavar="FILE.json",
                    help="re-run exactly the configuration and seed of a result file")
     r.add_argument("--force", action="store_true", help="re-run even if a matching result exists")
+    r.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     _add_common(r)
 
-    s = sub.add_parser("suite", help="run a TOML suite (resumable)")
+    s = sub.add_parser("suite", parents=[debug], help="run a TOML suite (resumable)")
     s.add_argument("suite")
     s.add_argument("--device", default=None)
     s.add_argument("--force", action="store_true")
@@ -67,7 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     _add_common(s)
 
-    w = sub.add_parser("sweep", help="temperature x alpha sweep on a validation split, with the distiller's-dilemma figure")
+    w = sub.add_parser("sweep", parents=[debug], help="temperature x alpha sweep on a validation split, with the distiller's-dilemma figure")
     w.add_argument("--stream", default="split-digits")
     w.add_argument("--method", default="kd-replay")
     w.add_argument("--temperature", nargs="+", type=float, default=[0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
@@ -86,11 +89,11 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
     _add_common(w)
 
-    m = sub.add_parser("summary", help="mean ± std over seeds, as Markdown and CSV")
+    m = sub.add_parser("summary", parents=[debug], help="mean ± std over seeds, as Markdown and CSV")
     m.add_argument("results")
     m.add_argument("--out", default=None, help="folder for summary.md/.csv (default: the results folder)")
 
-    pl = sub.add_parser("plot", help="forgetting curves, accuracy heatmaps, method comparison")
+    pl = sub.add_parser("plot", parents=[debug], help="forgetting curves, accuracy heatmaps, method comparison")
     pl.add_argument("results")
     pl.add_argument("--out", default="figures")
     pl.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
@@ -99,60 +102,68 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_result(path: Path, ran: bool) -> None:
-    result = json.loads(path.read_text())
-    status = "ran" if ran else "kept (config unchanged)"
+def _print_outcome(outcome, prefix: str = "", debug: bool = False) -> None:
+    c = outcome.config
+    if not outcome.ok:
+        print(f"ckd: error: {c.stream} {c.name} seed {c.seed}: {outcome.error}", file=sys.stderr)
+        if debug:
+            print(outcome.traceback, file=sys.stderr)
+        return
+    result = json.loads(outcome.path.read_text())
+    status = "ran" if outcome.ran else "kept (config unchanged)"
     print(
-        f"{result['stream']:<16} {result['label']:<20} seed {result['seed']}: "
+        f"{prefix}{result['stream']:<16} {result['label']:<20} seed {result['seed']}: "
         f"accuracy {100 * result['final_average_accuracy']:.2f}%  "
         f"forgetting {100 * result['average_forgetting']:.2f}%  "
-        f"time {result['wall_time_s']:.1f}s  [{status}] -> {path}"
+        f"time {result['wall_time_s']:.1f}s  [{status}] -> {outcome.path}"
     )
 
 
+def _run_all(configs, args) -> list:
+    """Run ``configs`` on this machine, ``args.jobs`` at a time, printing each as it finishes."""
+    from ckd.scheduling import LocalScheduler, run_all
+
+    scheduler = LocalScheduler(
+        args.jobs, data_root=args.data_root, force=args.force, progress=not args.quiet,
+    )
+    done = []
+
+    def report(outcome) -> None:
+        done.append(outcome)
+        prefix = f"[{len(done)}/{len(configs)}] " if len(configs) > 1 and not args.quiet else ""
+        _print_outcome(outcome, prefix, args.debug)
+
+    return run_all(scheduler, configs, args.out, report)
+
+
 def _cmd_run(args) -> int:
-    from ckd.methods import resolve_method_args
-    from ckd.runner import RunConfig, config_from_result, run_to_file
+    from ckd.runner import config_from_result
+    from ckd.suite import method_configs
 
     if args.from_result:
         result = json.loads(Path(args.from_result).read_text())
         overrides = {"device": args.device} if args.device != "cpu" else {}
         configs = [config_from_result(result, **overrides)]
     else:
-        sets = _parse_sets(args.set)
-        fields = {
+        settings = _parse_sets(args.set)
+        if args.mem_size is not None:
+            settings["mem_size"] = args.mem_size
+        common = {
             k: v for k, v in dict(
                 epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model,
                 n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
             ).items() if v is not None
         }
-        configs = []
-        defaults = {method: resolve_method_args(method) for method in args.method}
-        if len(args.method) > 1:
-            unknown = sorted(set(sets) - set().union(*defaults.values()))
-            if unknown:
-                raise ValueError(f"no method among {args.method} has the setting(s) {unknown}")
-        for method in args.method:
-            method_args = dict(sets)
-            if args.mem_size is not None:
-                method_args["mem_size"] = args.mem_size
-            if len(args.method) > 1:  # shared settings go to the methods that have them
-                method_args = {k: v for k, v in method_args.items() if k in defaults[method]}
-            for seed in args.seeds:
-                configs.append(RunConfig(
-                    stream=args.stream, method=method, seed=seed, device=args.device,
-                    task_labels=args.task_labels, method_args=method_args, **fields,
-                ))
-    paths = []
-    for config in configs:
-        path, ran = run_to_file(config, args.out, args.data_root, progress=not args.quiet, skip_existing=not args.force)
-        _print_result(path, ran)
-        paths.append(path)
-    if len(paths) > 1:
+        configs = method_configs(
+            stream=args.stream, methods=args.method, seeds=args.seeds, settings=settings,
+            device=args.device, task_labels=args.task_labels, **common,
+        )
+    outcomes = _run_all(configs, args)
+    if len(outcomes) > 1:
         from ckd.summary import format_markdown, summarize
 
         print()
-        print(format_markdown(summarize([json.loads(p.read_text()) for p in paths])))
+        print(format_markdown(summarize([json.loads(o.path.read_text()) for o in outcomes])))
     return 0
 
 
@@ -169,74 +180,28 @@ def _cmd_suite(args) -> int:
     return 0
 
 
-def _run_all(configs, args) -> list[Path]:
-    """Run (or keep) every config, ``args.jobs`` at a time; the result paths in order."""
-    from ckd.runner import run_to_file
-
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.jobs == 1:
-        paths = []
-        for k, config in enumerate(configs, 1):
-            if not args.quiet:
-                print(f"[{k}/{len(configs)}]", end=" ", flush=True)
-            path, ran = run_to_file(config, args.out, args.data_root, progress=not args.quiet, skip_existing=not args.force)
-            _print_result(path, ran)
-            paths.append(path)
-        return paths
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_die_with_parent) as pool:
-        futures = {
-            pool.submit(run_to_file, c, args.out, args.data_root, False, not args.force): k
-            for k, c in enumerate(configs)
-        }
-        paths: list[Path | None] = [None] * len(configs)
-        for future in as_completed(futures):
-            path, ran = future.result()
-            _print_result(path, ran)
-            paths[futures[future]] = path
-    return paths
-
-
 def _cmd_sweep(args) -> int:
-    from ckd.plotting import plot_distillers_dilemma
-    from ckd.runner import RunConfig, write_json_atomic
-    from ckd.sweep import format_sweep, recommend, summarize_sweep, sweep_configs
+    from ckd.runner import RunConfig
+    from ckd.scheduling import LocalScheduler
+    from ckd.sweep import format_sweep, run_sweep
 
-    fields = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size).items() if v is not None}
+    common = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size).items() if v is not None}
     base = RunConfig(
         stream=args.stream, method=args.method, device=args.device,
-        validation_fraction=args.validation_fraction, method_args=_parse_sets(args.set), **fields,
+        validation_fraction=args.validation_fraction, method_args=_parse_sets(args.set), **common,
     )
-    configs = sweep_configs(base, args.temperature, args.alpha, args.seeds)
-    paths = _run_all(configs, args)
-    results = [json.loads(p.read_text()) for p in paths]
-    rows = summarize_sweep(results)
-    best = recommend(rows)
-    out = Path(args.out)
-    write_json_atomic(out / "sweep.json", {
-        "stream": args.stream, "method": args.method, "validation_fraction": args.validation_fraction,
-        "rows": rows, "recommended": {"temperature": best["temperature"], "alpha": best["alpha"]},
-    })
-    figure = plot_distillers_dilemma(results, out / f"distillers_dilemma.{args.format}")
+    scheduler = LocalScheduler(args.jobs, data_root=args.data_root, force=args.force, progress=not args.quiet)
+    sweep = run_sweep(
+        base, args.temperature, args.alpha, args.seeds, out_dir=args.out, scheduler=scheduler, fmt=args.format,
+        on_outcome=lambda outcome: _print_outcome(outcome, debug=args.debug),
+    )
+    best = sweep.recommended
     print()
-    print(format_sweep(rows))
+    print(format_sweep(sweep.rows))
     print(f"\nrecommended: temperature={best['temperature']:g} alpha={best['alpha']:g} "
           f"({best['accuracy']:.2f}% validation accuracy)")
-    print(f"wrote {out / 'sweep.json'} and {figure}")
+    print(f"wrote {sweep.summary_path} and {sweep.figure_path}")
     return 0
-
-
-def _die_with_parent() -> None:
-    """A killed suite must not leave its workers running (Linux: PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def _cmd_summary(args) -> int:
@@ -266,11 +231,20 @@ def _cmd_plot(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    commands = {"run": _cmd_run, "suite": _cmd_suite, "sweep": _cmd_sweep, "summary": _cmd_summary, "plot": _cmd_plot}
     try:
-        commands = {"run": _cmd_run, "suite": _cmd_suite, "sweep": _cmd_sweep, "summary": _cmd_summary, "plot": _cmd_plot}
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"ckd: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("ckd: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        from ckd.errors import one_line
+
+        print(f"ckd: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -27,6 +27,7 @@ from matplotlib.patches import Patch
 
 from ckd.metrics import accuracy_matrix
 from ckd.summary import Setting, group_runs, load_results, setting_label, summarize
+from ckd.sweep import recommend, summarize_sweep
 
 __all__ = [
     "DPI",
@@ -389,8 +390,6 @@ def plot_distillers_dilemma(
     final validation accuracy, student–teacher agreement, and the student's accuracy
     on the held-out samples the teacher gets right and wrong; one line per alpha,
     error bars ± std over seeds, the recommended setting marked."""
-    from ckd.sweep import recommend, summarize_sweep
-
     stream, groups = _stream_groups(results, stream)
     runs = [run for group in groups.values() for run in group]
     methods = sorted({run["method"] for run in runs})

@@ -9,7 +9,6 @@ import platform
 import random
 import resource
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -18,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from avalanche.core import SupervisedPlugin
 
+from ckd.files import write_json_atomic
 from ckd.metrics import compute_metrics
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "result_path",
     "run",
     "run_to_file",
-    "write_json_atomic",
 ]
 
 
@@ -131,24 +131,6 @@ def config_from_result(result: dict[str, Any], **overrides: Any) -> RunConfig:
 def result_path(out_dir: str | os.PathLike, config: RunConfig) -> Path:
     safe = config.name.replace("/", "_").replace(" ", "_")
     return Path(out_dir) / f"{config.stream}__{safe}__seed{config.seed}.json"
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``:
-    a reader sees the old file or the whole new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def seed_everything(seed: int) -> None:
@@ -400,13 +382,7 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="it", file=sys.stderr, mininterval=1.0, leave=False)
 
 
-def _plugin_base():
-    from avalanche.core import SupervisedPlugin
-
-    return SupervisedPlugin
-
-
-class _ProgressPlugin(_plugin_base()):
+class _ProgressPlugin(SupervisedPlugin):
     def __init__(self, bar) -> None:
         super().__init__()
         self.bar = bar
@@ -415,7 +391,7 @@ class _ProgressPlugin(_plugin_base()):
         self.bar.update(1)
 
 
-class _TeacherDiagnostics(_plugin_base()):
+class _TeacherDiagnostics(SupervisedPlugin):
     """At the end of each experience, before the KD plugin replaces its teacher,
     compare the student with the teacher it was distilled from: on the held-out
     sets of the experiences the teacher was trained on (``ckd.diagnostics.distillation_report``)
@@ -461,7 +437,7 @@ def _student_and_teacher_logits(model, teacher, x: torch.Tensor, t: torch.Tensor
     return student[:, : out.shape[1]], out
 
 
-class _PeriodicEvaluation(_plugin_base()):
+class _PeriodicEvaluation(SupervisedPlugin):
     """Evaluate on every test experience each ``every`` training iterations."""
 
     def __init__(self, evaluator: AccuracyEvaluator, every: int) -> None:

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ckd.methods import resolve_method_args
 from ckd.runner import RunConfig
 
 if sys.version_info >= (3, 11):
@@ -35,7 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["load_suite"]
+__all__ = ["load_suite", "method_configs"]
 
 _RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"method_args", "seed"}
 
@@ -71,6 +73,35 @@ def load_suite(path: str | os.PathLike, device: str | None = None) -> list[RunCo
                 if device is not None:
                     values["device"] = device
                 configs.append(RunConfig(method_args=args, **values))
+    return configs
+
+
+def method_configs(
+    *,
+    stream: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    settings: Mapping[str, Any] | None = None,
+    **common: Any,
+) -> list[RunConfig]:
+    """One config per method and seed (method-major), sharing the ``RunConfig`` fields in ``common``.
+
+    With one method, ``settings`` are its method settings (an unknown one is an error).
+    With several, each method takes the settings it has, and a setting that none of
+    them has is an error: ``naive`` and ``kd-replay`` can share ``mem_size=200``,
+    which only ``kd-replay`` uses.
+    """
+    settings = dict(settings or {})
+    if len(methods) > 1:
+        defaults = {method: resolve_method_args(method) for method in methods}
+        unknown = sorted(set(settings) - set().union(*defaults.values()))
+        if unknown:
+            raise ValueError(f"no method among {list(methods)} has the setting(s) {unknown}")
+    configs = []
+    for method in methods:
+        args = settings if len(methods) == 1 else {k: v for k, v in settings.items() if k in defaults[method]}
+        for seed in seeds:
+            configs.append(RunConfig(stream=stream, method=method, seed=int(seed), method_args=args, **common))
     return configs
 
 

@@ -14,13 +14,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ckd.files import write_text_atomic
 from ckd.metrics import compute_metrics
 
 __all__ = [
@@ -259,18 +259,6 @@ def _format_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_summary(
     results: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike[str]
 ) -> tuple[Path, Path]:
@@ -284,6 +272,6 @@ def write_summary(
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     markdown_path, csv_path = directory / "summary.md", directory / "summary.csv"
-    _write_atomic(markdown_path, format_markdown(rows))
-    _write_atomic(csv_path, _format_csv(rows))
+    write_text_atomic(markdown_path, format_markdown(rows))
+    write_text_atomic(csv_path, _format_csv(rows))
     return markdown_path, csv_path

@@ -6,34 +6,52 @@ falls); a too-high one flattens the targets until they say nothing. A sweep
 runs one method over a grid of ``temperature`` and ``alpha`` on a validation
 split carved from the training data, reads the per-experience diagnostics of
 each run, and recommends the setting with the best validation accuracy.
+
+Reading a sweep (:func:`summarize_sweep`, :func:`recommend`, :func:`format_sweep`)
+needs only the result JSONs; building and running one (:func:`sweep_configs`,
+:func:`run_sweep`) imports the training stack when called.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ckd.losses import check_temperature
-from ckd.methods import resolve_method_args
-from ckd.runner import RunConfig
+from ckd.files import write_json_atomic
 
-__all__ = ["SWEPT_DIAGNOSTICS", "format_sweep", "recommend", "summarize_sweep", "sweep_configs", "weight_key"]
+if TYPE_CHECKING:
+    from ckd.runner import RunConfig
+    from ckd.scheduling import RunOutcome, Scheduler
+
+__all__ = [
+    "SWEPT_DIAGNOSTICS",
+    "Sweep",
+    "format_sweep",
+    "recommend",
+    "run_sweep",
+    "summarize_sweep",
+    "sweep_configs",
+    "weight_key",
+]
 
 # Diagnostics averaged over the experiences that had a teacher (1 … N−1).
 SWEPT_DIAGNOSTICS = ("agreement", "kl", "teacher_correct_accuracy", "teacher_wrong_accuracy")
 
 
-def weight_key(method: str) -> str:
-    """The method setting ``alpha`` sweeps: ``alpha``, or ``current_alpha`` for ``kd-lwf``."""
-    args = resolve_method_args(method)
+def weight_key(method_args: Mapping[str, Any]) -> str:
+    """The method setting ``alpha`` sweeps, from a method's settings:
+    ``alpha``, or ``current_alpha`` for a method without a replay term (``kd-lwf``)."""
     for key in ("alpha", "current_alpha"):
-        if key in args:
+        if key in method_args:
             return key
-    raise ValueError(f"method {method!r} has no alpha to sweep (it does not distil)")
+    raise ValueError(f"no alpha to sweep among the settings {sorted(method_args)} (the method does not distil)")
 
 
 def sweep_configs(
@@ -44,14 +62,18 @@ def sweep_configs(
     ``base`` must evaluate on a validation split (``validation_fraction > 0``):
     choosing a temperature on the test set would report a tuned test number.
     """
+    from ckd.losses import check_temperature
+    from ckd.methods import resolve_method_args
+
     if not base.validation_fraction > 0:
         raise ValueError(
             "a sweep chooses settings, so it must evaluate on a validation split: "
             f"validation_fraction must be > 0, got {base.validation_fraction}"
         )
-    if "temperature" not in resolve_method_args(base.method):
+    defaults = resolve_method_args(base.method)
+    if "temperature" not in defaults:
         raise ValueError(f"method {base.method!r} has no temperature to sweep")
-    key = weight_key(base.method)
+    key = weight_key(defaults)
     if not temperatures or not alphas or not seeds:
         raise ValueError("a sweep needs at least one temperature, one alpha and one seed")
     for t in temperatures:
@@ -85,7 +107,7 @@ def summarize_sweep(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     groups: dict[tuple[float, float], list[Mapping[str, Any]]] = {}
     for result in results:
         args = result["config"]["method_args"]
-        key = weight_key(result["method"])
+        key = weight_key(args)
         groups.setdefault((float(args["temperature"]), float(args[key])), []).append(result)
     rows = []
     for (t, a), runs in sorted(groups.items()):
@@ -133,3 +155,49 @@ def format_sweep(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{pct(r['teacher_wrong_accuracy'])} | {kl} |"
         )
     return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A finished sweep: its rows (:func:`summarize_sweep`), the recommended row, and
+    the files written (``sweep.json`` and the distiller's-dilemma figure)."""
+
+    rows: list[dict[str, Any]]
+    recommended: Mapping[str, Any]
+    summary_path: Path
+    figure_path: Path
+
+
+def run_sweep(
+    base: RunConfig,
+    temperatures: Sequence[float],
+    alphas: Sequence[float],
+    seeds: Sequence[int],
+    *,
+    out_dir: str | os.PathLike,
+    scheduler: Scheduler,
+    fmt: str = "png",
+    on_outcome: Callable[[RunOutcome], None] | None = None,
+) -> Sweep:
+    """Run the grid of :func:`sweep_configs` with ``scheduler`` into ``out_dir``, then write
+    ``sweep.json`` (rows and recommendation) and ``distillers_dilemma.<fmt>`` there.
+
+    ``on_outcome`` sees each run as it finishes. When a run fails, the others still
+    run and :class:`ckd.scheduling.RunsFailed` is raised without a summary: a
+    recommendation from part of the grid would mislead.
+    """
+    from ckd.plotting import plot_distillers_dilemma
+    from ckd.scheduling import run_all
+
+    configs = sweep_configs(base, temperatures, alphas, seeds)
+    outcomes = run_all(scheduler, configs, out_dir, on_outcome)
+    results = [json.loads(o.path.read_text()) for o in outcomes]
+    rows = summarize_sweep(results)
+    best = recommend(rows)
+    out = Path(out_dir)
+    summary_path = write_json_atomic(out / "sweep.json", {
+        "stream": base.stream, "method": base.method, "validation_fraction": base.validation_fraction,
+        "rows": rows, "recommended": {"temperature": best["temperature"], "alpha": best["alpha"]},
+    })
+    figure = plot_distillers_dilemma(results, out / f"distillers_dilemma.{fmt}")
+    return Sweep(rows, best, summary_path, figure)

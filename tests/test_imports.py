@@ -1,0 +1,25 @@
+"""Layering: reading results (summaries, plots, sweeps) and starting the CLI load nothing that trains."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+TRAINING = ("avalanche", "torch", "ckd.runner", "ckd.methods", "ckd.plugins")
+
+
+@pytest.mark.parametrize("module", ["ckd", "ckd.summary", "ckd.plotting", "ckd.sweep", "ckd.cli", "ckd.files"])
+def test_reading_modules_do_not_import_the_training_stack(module):
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout))
+    assert module in loaded  # the probe itself works
+    assert not {name for name in loaded if name.split(".")[0] in TRAINING or name in TRAINING}
+
+
+def test_the_probe_sees_the_training_stack_when_it_is_imported():
+    code = "import json, sys, ckd.runner; print(json.dumps(sorted(sys.modules)))"
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout))
+    assert {"avalanche", "torch", "ckd.runner"} <= loaded

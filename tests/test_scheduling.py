@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from ckd.errors import RunsFailed
+from ckd.runner import RunConfig, result_path
+from ckd.scheduling import FAILURES_FILE, LocalScheduler, execute, run_all
+
+GOOD = RunConfig("split-digits", "naive", seed=0, epochs=1, max_train_per_experience=40)
+# Valid as a config, refused when the plugin is built: a run that fails.
+BAD = RunConfig("split-digits", "kd-replay", seed=0, epochs=1, max_train_per_experience=40,
+                method_args={"mem_size": 0})
+
+
+def test_execute_returns_the_failure_instead_of_raising(tmp_path):
+    outcome = execute(BAD, tmp_path)
+    assert not outcome.ok and outcome.path == result_path(tmp_path, BAD)
+    assert outcome.error == "mem_size must be an integer >= 1, got 0"
+    assert "Traceback" in outcome.traceback and "ValueError" in outcome.traceback
+    assert not outcome.path.exists()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_run_is_recorded_and_does_not_stop_the_others(tmp_path, jobs):
+    seen = []
+    with pytest.raises(RunsFailed, match=f"1 of 2 runs failed; errors and tracebacks in {tmp_path / FAILURES_FILE}"):
+        run_all(LocalScheduler(jobs), [BAD, GOOD], tmp_path, seen.append)
+    assert sorted(o.ok for o in seen) == [False, True]
+    assert result_path(tmp_path, GOOD).is_file() and not result_path(tmp_path, BAD).exists()
+    failures = json.loads((tmp_path / FAILURES_FILE).read_text())
+    entry = failures[result_path(tmp_path, BAD).name]
+    assert list(failures) == [result_path(tmp_path, BAD).name]
+    assert (entry["label"], entry["seed"], entry["config"]["method_args"]["mem_size"]) == ("kd-replay", 0, 0)
+    assert entry["error"] == "mem_size must be an integer >= 1, got 0" and "Traceback" in entry["traceback"]
+
+
+def test_a_later_success_clears_the_failure_and_kept_results_are_not_rerun(tmp_path):
+    with pytest.raises(RunsFailed):
+        run_all(LocalScheduler(), [GOOD, BAD], tmp_path)
+    fixed = RunConfig("split-digits", "kd-replay", seed=0, epochs=1, max_train_per_experience=40,
+                      method_args={"mem_size": 20})
+    assert result_path(tmp_path, fixed) == result_path(tmp_path, BAD)  # the same run, now valid
+    outcomes = run_all(LocalScheduler(), [GOOD, fixed], tmp_path)
+    assert [(o.config.method, o.ran, o.ok) for o in outcomes] == [("naive", False, True), ("kd-replay", True, True)]
+    assert not (tmp_path / FAILURES_FILE).exists()
+
+
+def test_local_scheduler_rejects_a_bad_job_count():
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1, got 0"):
+        LocalScheduler(0)
