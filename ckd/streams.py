@@ -1,6 +1,6 @@
 """Seeded continual-learning task streams as Avalanche benchmarks.
 
-Five streams, each with ten classes:
+Five MNIST-family streams, each with ten classes:
 
 * ``split-mnist``, ``split-fmnist`` — five experiences of two classes in the
   fixed order of the DER paper (Buzzega et al., 2020): ``{0,1}, {2,3}, {4,5},
@@ -23,6 +23,27 @@ memory than one.
 MNIST and Fashion-MNIST are read from the torchvision layout under a data root
 (see :func:`resolve_data_root`) and checked against torchvision's MD5 sums;
 nothing is ever downloaded.
+
+Three image streams of the DER protocol, class-incremental in the class order of
+the DER authors' code, each class split into experiences in order:
+
+* ``split-cifar10`` — 5 experiences of 2 classes (CIFAR-10 labels 0..9 in order);
+* ``split-cifar100`` — 10 experiences of 10 classes by default (labels 0..99);
+* ``split-tinyimagenet`` — 10 experiences of 20 classes; class ``k`` is line ``k``
+  of ``wnids.txt``; the test set is the official validation set (50 per class).
+
+Their pixels are normalised per channel with the dataset's mean and std (the
+DER constants in :mod:`ckd.augment`), and :attr:`Stream.augmentation` carries the
+training augmentation the protocol applies (random crop with 4 pixels of
+padding, horizontal flip); the runner applies it on the device. CIFAR is read
+from torchvision's unpacked layout (``cifar-10-batches-py/``, ``cifar-100-python/``)
+and MD5-checked file by file; Tiny ImageNet from the unpacked
+``tiny-imagenet-200/`` folder, checked by its file counts and, when
+``tiny-imagenet-200.zip`` lies beside it, the MD5 of the archive.
+``checksum=False`` skips these checks (re-packed copies, synthetic test archives).
+
+``make_stream("package.module:function")`` builds a user's stream: a function
+that returns an Avalanche benchmark (or a :class:`Stream`), see :func:`stream_from_benchmark`.
 """
 
 from __future__ import annotations
@@ -31,6 +52,7 @@ import gzip
 import hashlib
 import math
 import os
+import pickle
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +71,14 @@ from avalanche.benchmarks.utils import (
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ckd.augment import (
+    CIFAR10_NORMALIZATION,
+    CIFAR100_NORMALIZATION,
+    TINYIMAGENET_NORMALIZATION,
+    CropFlip,
+    Normalization,
+)
+
 __all__ = [
     "DatasetNotFoundError",
     "Stream",
@@ -56,6 +86,7 @@ __all__ = [
     "available_streams",
     "make_stream",
     "resolve_data_root",
+    "stream_from_benchmark",
 ]
 
 DATA_ROOT_ENV = "CKD_DATA_ROOT"
@@ -88,8 +119,65 @@ _IDX_DTYPE_CODE = 0x08
 _SPLIT_SIZES = {"train": 60000, "test": 10000}
 _MNIST_SIDE = 28
 
-_decoded: dict[Path, tuple["_Source", "_Source"]] = {}
-"""Decoded (train, test) sources by resolved ``<root>/<dataset>/raw`` folder: each file is read once."""
+_decoded: dict[tuple[Path, bool], tuple["_Source", "_Source"]] = {}
+"""Decoded (train, test) sources by (resolved dataset folder, checksum verified): each file is read once."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a dataset's files live under the data root, their MD5 sums, how to get them."""
+
+    name: str
+    folder: str
+    md5: dict[str, str]
+    how_to_get: str
+
+
+def _torchvision_hint(files: str, cls: str, folder: str) -> str:
+    return (
+        f"Put the official {files} there (torchvision.datasets.{cls}(root, download=True) on a "
+        f"machine with internet writes exactly this layout), or point ckd at the folder that "
+        f"contains {folder} with --data-root or the {DATA_ROOT_ENV} environment variable."
+    )
+
+
+_LAYOUTS = {
+    dataset: _Layout(dataset, f"{dataset}/raw", md5, _torchvision_hint("gzipped IDX files", dataset, f"{dataset}/"))
+    for dataset, md5 in _MD5.items()
+}
+_LAYOUTS["CIFAR10"] = _Layout(
+    "CIFAR-10",
+    "cifar-10-batches-py",
+    {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    },
+    _torchvision_hint("python-version batches (cifar-10-python.tar.gz, unpacked)", "CIFAR10", "cifar-10-batches-py/"),
+)
+_LAYOUTS["CIFAR100"] = _Layout(
+    "CIFAR-100",
+    "cifar-100-python",
+    {
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        "meta": "7973b15100ade9c7d40fb424638fde48",
+    },
+    _torchvision_hint("python-version files (cifar-100-python.tar.gz, unpacked)", "CIFAR100", "cifar-100-python/"),
+)
+_LAYOUTS["TinyImageNet"] = _Layout(
+    "Tiny ImageNet",
+    "tiny-imagenet-200",
+    {"wnids.txt": "", "train/<wnid>/images/*.JPEG": "", "val/images/*.JPEG": "", "val/val_annotations.txt": ""},
+    "Unzip the official tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip) in the data "
+    f"root, or point ckd at the folder that contains tiny-imagenet-200/ with --data-root or the {DATA_ROOT_ENV} "
+    "environment variable.",
+)
+_TINYIMAGENET_ZIP_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -115,16 +203,27 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
 
 
 def _missing_files_message(root: Path, dataset: str, problem: str) -> str:
-    raw = root / dataset / "raw"
-    files = "\n".join(f"  {raw / name}  (md5 {md5})" for name, md5 in _MD5[dataset].items())
+    layout = _LAYOUTS[dataset]
+    folder = root / layout.folder
+    files = "\n".join(f"  {folder / name}" + (f"  (md5 {md5})" if md5 else "") for name, md5 in layout.md5.items())
     return (
-        f"{dataset} not usable under data root {root}: {problem}.\n"
-        f"Expected these files (torchvision layout, <data root>/{dataset}/raw/):\n{files}\n"
-        f"Put the official gzipped IDX files there (torchvision.datasets.{dataset}(root, "
-        f"download=True) on a machine with internet writes exactly this layout), or point "
-        f"ckd at the folder that contains {dataset}/ with --data-root or "
-        f"the {DATA_ROOT_ENV} environment variable."
+        f"{layout.name} not usable under data root {root}: {problem}.\n"
+        f"Expected these files (<data root>/{layout.folder}/):\n{files}\n{layout.how_to_get}"
     )
+
+
+def _checked_file(root: Path, dataset: str, name: str, checksum: bool) -> Path:
+    """``<root>/<layout folder>/<name>``, present and (with ``checksum``) with its MD5."""
+    path = root / _LAYOUTS[dataset].folder / name
+    if not path.is_file():
+        raise DatasetNotFoundError(_missing_files_message(root, dataset, f"{path} is missing"))
+    expected = _LAYOUTS[dataset].md5[name]
+    if checksum and expected:
+        got = _md5(path)
+        if got != expected:
+            problem = f"{path} is corrupt (md5 {got}, expected {expected}; --no-checksum accepts re-packed copies)"
+            raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
+    return path
 
 
 # ------------------------------------------------------------------ IDX files
@@ -151,20 +250,14 @@ def _parse_idx(data: bytes, n_dims: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _read_idx(root: Path, dataset: str, stem: str, n_dims: int, n_items: int) -> np.ndarray:
-    """Decoded IDX file ``stem`` of ``dataset``: the MD5-verified ``.gz``, else the
-    already extracted file (checked for shape only)."""
+def _read_idx(root: Path, dataset: str, stem: str, n_dims: int, n_items: int, checksum: bool = True) -> np.ndarray:
+    """Decoded IDX file ``stem`` of ``dataset``: the MD5-verified ``.gz`` (unverified
+    with ``checksum=False``), else the already extracted file (checked for shape only)."""
     raw = root / dataset / "raw"
     gz_path, plain_path = raw / f"{stem}.gz", raw / stem
     path = plain_path if plain_path.is_file() and not gz_path.is_file() else gz_path
-    if not path.is_file():
-        raise DatasetNotFoundError(_missing_files_message(root, dataset, f"{gz_path} is missing"))
     if path == gz_path:
-        expected = _MD5[dataset][gz_path.name]
-        got = _md5(gz_path)
-        if got != expected:
-            problem = f"{gz_path} is corrupt (md5 {got}, expected {expected})"
-            raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
+        _checked_file(root, dataset, gz_path.name, checksum)
         data = gzip.decompress(gz_path.read_bytes())
     else:
         data = plain_path.read_bytes()
@@ -172,7 +265,7 @@ def _read_idx(root: Path, dataset: str, stem: str, n_dims: int, n_items: int) ->
         array = _parse_idx(data, n_dims)
     except ValueError as err:
         raise DatasetNotFoundError(_missing_files_message(root, dataset, f"{path} is corrupt ({err})")) from err
-    if array.shape[0] != n_items:
+    if n_items and array.shape[0] != n_items:
         problem = f"{path} holds {array.shape[0]} items, expected {n_items}"
         raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
     return array
@@ -186,38 +279,215 @@ class _Source:
     """One split of a dataset, decoded once and shared by every experience.
 
     ``pixels (N, P + 1)`` uint8 with a last column of zeros (the fill pixel a
-    rotation maps to), ``labels (N,)`` int64, ``scale``: the value of a white pixel.
+    rotation maps to), ``labels (N,)`` int64, ``scale``: the value of a white pixel,
+    ``normalization``: applied after dividing by ``scale`` (``None``: none).
     """
 
     pixels: Tensor
     labels: Tensor
     image_shape: tuple[int, ...]
     scale: float
+    normalization: Normalization | None = None
 
     @property
     def n_pixels(self) -> int:
         return math.prod(self.image_shape)
 
+    def to_float(self, pixels: Tensor) -> Tensor:
+        """uint8 ``(..., P)`` → float32 ``(..., *image_shape)``, scaled to [0, 1] and normalised."""
+        x = pixels.to(torch.float32).div_(self.scale).view(*pixels.shape[:-1], *self.image_shape)
+        return x if self.normalization is None else self.normalization(x)
 
-def _as_source(images: np.ndarray, labels: np.ndarray, image_shape: tuple[int, ...], scale: float) -> _Source:
+
+def _as_source(
+    images: np.ndarray,
+    labels: np.ndarray,
+    image_shape: tuple[int, ...],
+    scale: float,
+    normalization: Normalization | None = None,
+) -> _Source:
     flat = images.reshape(len(images), -1)
     pixels = np.zeros((len(images), flat.shape[1] + 1), dtype=np.uint8)
     pixels[:, :-1] = flat
-    return _Source(torch.from_numpy(pixels), torch.from_numpy(labels.astype(np.int64)), image_shape, scale)
+    labels = torch.from_numpy(labels.astype(np.int64))
+    return _Source(torch.from_numpy(pixels), labels, image_shape, scale, normalization)
 
 
-def _mnist_sources(root: Path, dataset: str) -> tuple[_Source, _Source]:
+def _cached(folder: Path, checksum: bool, decode: Callable[[], tuple[_Source, _Source]]) -> tuple[_Source, _Source]:
+    """``decode()`` once per dataset folder; a checked decode also serves unchecked requests."""
+    key = folder.resolve()
+    if (key, True) in _decoded:
+        return _decoded[(key, True)]
+    if (key, checksum) not in _decoded:
+        _decoded[(key, checksum)] = decode()
+    return _decoded[(key, checksum)]
+
+
+def _mnist_sources(root: Path, dataset: str, checksum: bool = True) -> tuple[_Source, _Source]:
     """``(train, test)`` sources of MNIST or FashionMNIST under ``root``, decoded once per folder."""
-    key = (root / dataset / "raw").resolve()
-    if key not in _decoded:
+
+    def decode() -> tuple[_Source, _Source]:
         shape = (1, _MNIST_SIDE, _MNIST_SIDE)
         splits = []
         for split, n_items in _SPLIT_SIZES.items():
-            images = _read_idx(root, dataset, _IDX_FILES[f"{split}-images"], 3, n_items)
-            labels = _read_idx(root, dataset, _IDX_FILES[f"{split}-labels"], 1, n_items)
+            n_items = n_items if checksum else 0
+            images = _read_idx(root, dataset, _IDX_FILES[f"{split}-images"], 3, n_items, checksum)
+            labels = _read_idx(root, dataset, _IDX_FILES[f"{split}-labels"], 1, n_items, checksum)
+            if len(images) != len(labels):
+                problem = f"the {split} files hold {len(images)} images but {len(labels)} labels"
+                raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
             splits.append(_as_source(images, labels, shape, 255.0))
-        _decoded[key] = (splits[0], splits[1])
-    return _decoded[key]
+        return splits[0], splits[1]
+
+    return _cached(root / dataset / "raw", checksum, decode)
+
+
+def _unpickle(root: Path, dataset: str, name: str, checksum: bool) -> dict[str, object]:
+    """A CIFAR python-version file: a pickled dict, keys as ``str`` whether the
+    pickle wrote them as Python 2 strings or as bytes."""
+    path = _checked_file(root, dataset, name, checksum)
+    try:
+        with path.open("rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except Exception as err:  # any unpickling failure means the file is not what it should be
+        raise DatasetNotFoundError(_missing_files_message(root, dataset, f"{path} is corrupt ({err})")) from err
+    if not isinstance(entry, dict):
+        problem = f"{path} is corrupt (holds a {type(entry).__name__}, not a dict)"
+        raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def _cifar_split(
+    root: Path, dataset: str, files: tuple[str, ...], label_key: str, n_classes: int, checksum: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, 3·32·32) uint8 in CHW order, labels (N,))`` of the batches ``files``."""
+    images, labels = [], []
+    for name in files:
+        entry = _unpickle(root, dataset, name, checksum)
+        path = root / _LAYOUTS[dataset].folder / name
+        if "data" not in entry or label_key not in entry:
+            problem = f"{path} is corrupt (no 'data' or {label_key!r} entry)"
+            raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        label = np.asarray(entry[label_key], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or label.shape != (data.shape[0],):
+            problem = f"{path} holds data {data.shape} and labels {label.shape}, expected (N, 3072) and (N,)"
+            raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
+        if label.size and not (0 <= label.min() and label.max() < n_classes):
+            problem = f"{path} has labels outside [0, {n_classes})"
+            raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
+        images.append(data)
+        labels.append(label)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _cifar_sources(root: Path, dataset: str, checksum: bool) -> tuple[_Source, _Source]:
+    """``(train, test)`` of CIFAR-10 or CIFAR-100 (fine labels) under ``root``, decoded once per folder."""
+    if dataset == "CIFAR10":
+        train_files, test_files = tuple(f"data_batch_{k}" for k in range(1, 6)), ("test_batch",)
+        meta, names_key, label_key, n_classes, normalization = (
+            "batches.meta", "label_names", "labels", 10, CIFAR10_NORMALIZATION
+        )
+    else:
+        train_files, test_files = ("train",), ("test",)
+        meta, names_key, label_key, n_classes, normalization = (
+            "meta", "fine_label_names", "fine_labels", 100, CIFAR100_NORMALIZATION
+        )
+
+    def decode() -> tuple[_Source, _Source]:
+        names = _unpickle(root, dataset, meta, checksum).get(names_key)
+        if names is None or len(names) != n_classes:
+            problem = f"{root / _LAYOUTS[dataset].folder / meta} does not list {n_classes} {names_key}"
+            raise DatasetNotFoundError(_missing_files_message(root, dataset, problem))
+        shape = (3, 32, 32)
+        return tuple(
+            _as_source(*_cifar_split(root, dataset, files, label_key, n_classes, checksum), shape, 255.0, normalization)
+            for files in (train_files, test_files)
+        )
+
+    return _cached(root / _LAYOUTS[dataset].folder, checksum, decode)
+
+
+_TINY_SIDE = 64
+_TINY_COUNTS = (200, 500, 50)
+"""Classes, training and validation images per class of the official release."""
+
+
+def _read_jpegs(paths: list[Path], into: np.ndarray) -> None:
+    """Decode ``paths`` as 64×64 RGB (grayscale images converted) into rows of ``into (N, ≥P)``."""
+    from PIL import Image
+
+    n_pixels = 3 * _TINY_SIDE * _TINY_SIDE
+    for row, path in enumerate(paths):
+        with Image.open(path) as image:
+            if image.size != (_TINY_SIDE, _TINY_SIDE):
+                raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}, expected 64x64")
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        into[row, :n_pixels] = pixels.transpose(2, 0, 1).reshape(-1)
+
+
+def _tinyimagenet_sources(root: Path, checksum: bool) -> tuple[_Source, _Source]:
+    """``(train, test = official val)`` of Tiny ImageNet under ``root``; class ``k`` is
+    line ``k`` of ``wnids.txt``. Decoded once per folder (about 110,000 JPEGs)."""
+    dataset, folder = "TinyImageNet", root / _LAYOUTS["TinyImageNet"].folder
+
+    def fail(problem: str) -> DatasetNotFoundError:
+        return DatasetNotFoundError(_missing_files_message(root, dataset, problem))
+
+    def decode() -> tuple[_Source, _Source]:
+        wnids = [w.strip() for w in _checked_file(root, dataset, "wnids.txt", checksum).read_text().split() if w.strip()]
+        index = {wnid: k for k, wnid in enumerate(wnids)}
+        if len(index) != len(wnids) or not wnids:
+            raise fail(f"{folder / 'wnids.txt'} must list distinct class ids, one per line")
+        train_paths, train_labels = [], []
+        for k, wnid in enumerate(wnids):
+            images = sorted((folder / "train" / wnid / "images").glob("*.JPEG"))
+            if not images:
+                raise fail(f"{folder / 'train' / wnid / 'images'} holds no .JPEG images")
+            train_paths += images
+            train_labels += [k] * len(images)
+        annotations = _checked_file(root, dataset, "val/val_annotations.txt", checksum).read_text().splitlines()
+        val_paths, val_labels = [], []
+        for line in annotations:
+            fields = line.split("\t")
+            if len(fields) < 2 or fields[1] not in index:
+                raise fail(f"{folder / 'val' / 'val_annotations.txt'} has a line that names no class of wnids.txt: {line!r}")
+            val_paths.append(folder / "val" / "images" / fields[0])
+            val_labels.append(index[fields[1]])
+        if checksum:
+            _check_tinyimagenet_counts(root, wnids, train_labels, val_labels, fail)
+        shape = (3, _TINY_SIDE, _TINY_SIDE)
+        sources = []
+        for paths, labels in ((train_paths, train_labels), (val_paths, val_labels)):
+            pixels = np.zeros((len(paths), math.prod(shape) + 1), dtype=np.uint8)
+            try:
+                _read_jpegs(paths, pixels)
+            except (OSError, ValueError) as err:  # missing, truncated or wrongly sized image
+                raise fail(str(err)) from err
+            labels = torch.tensor(labels, dtype=torch.int64)
+            sources.append(_Source(torch.from_numpy(pixels), labels, shape, 255.0, TINYIMAGENET_NORMALIZATION))
+        return sources[0], sources[1]
+
+    return _cached(folder, checksum, decode)
+
+
+def _check_tinyimagenet_counts(
+    root: Path, wnids: list[str], train_labels: list[int], val_labels: list[int], fail: Callable[[str], Exception]
+) -> None:
+    """The official release: 200 classes, 500 training and 50 validation images each;
+    and the MD5 of ``tiny-imagenet-200.zip`` when it lies in the data root."""
+    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(wnids))
+    val_counts = np.bincount(np.asarray(val_labels, dtype=np.int64), minlength=len(wnids))
+    n_classes, n_train, n_val = _TINY_COUNTS
+    if len(wnids) != n_classes or (counts != n_train).any() or (val_counts != n_val).any():
+        raise fail(
+            f"found {len(wnids)} classes, {len(train_labels)} training and {len(val_labels)} validation images; "
+            f"the official release has {n_classes} classes of {n_train} training and {n_val} validation "
+            "images (--no-checksum accepts other copies)"
+        )
+    archive = root / "tiny-imagenet-200.zip"
+    if archive.is_file() and (got := _md5(archive)) != _TINYIMAGENET_ZIP_MD5:
+        raise fail(f"{archive} is corrupt (md5 {got}, expected {_TINYIMAGENET_ZIP_MD5})")
 
 
 def _digits_sources(seed: int) -> tuple[_Source, _Source]:
@@ -302,8 +572,9 @@ def _rotation_map(angle: float, height: int, width: int) -> Tensor:
 class _PixelMapDataset(Dataset):
     """Samples ``rows`` of a source, each seen through ``pixel_map``.
 
-    ``__getitem__`` returns ``(x, y)``: ``x (*image_shape)`` float32 in [0, 1],
-    ``y`` an int. ``targets``: the labels, as Avalanche reads them.
+    ``__getitem__`` returns ``(x, y)``: ``x (*image_shape)`` float32 in [0, 1]
+    (normalised when the source has a normalisation), ``y`` an int.
+    ``targets``: the labels, as Avalanche reads them.
     """
 
     def __init__(self, source: _Source, rows: np.ndarray, pixel_map: Tensor):
@@ -317,8 +588,13 @@ class _PixelMapDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         pixels = self.source.pixels.select(0, self.rows.item(i)).index_select(0, self.pixel_map)
-        x = pixels.to(torch.float32).div_(self.source.scale).view(self.source.image_shape)
-        return x, self.targets[i]
+        return self.source.to_float(pixels), self.targets[i]
+
+    def as_tensors(self) -> tuple[Tensor, Tensor]:
+        """All samples at once: ``x (N, *image_shape)`` float32, the values ``__getitem__``
+        returns, and ``y (N,)`` int64 (fresh tensors)."""
+        x = self.uint8_pixels().to(torch.float32).div_(self.source.scale).view(-1, *self.source.image_shape)
+        return x, torch.as_tensor(self.targets, dtype=torch.long)
 
     def uint8_pixels(self) -> Tensor:
         """All samples' mapped pixels, ``(N, P)`` uint8."""
@@ -346,6 +622,9 @@ class Stream:
     ``benchmark.train_stream[i]`` and ``benchmark.test_stream[i]`` are experience
     ``i``; their datasets yield ``(x (*input_shape) float32, y, task)``.
     ``classes_per_experience[i]``: the sorted classes of experience ``i``.
+    ``normalization``: what the inputs were normalised with (``None``: pixels in [0, 1]).
+    ``augmentation``: the training augmentation of the stream's protocol, for the
+    runner to apply on the device (``None``: none).
     """
 
     name: str
@@ -354,6 +633,8 @@ class Stream:
     n_classes: int
     input_shape: tuple[int, ...]
     classes_per_experience: list[list[int]]
+    normalization: Normalization | None = None
+    augmentation: CropFlip | None = None
     _test_data: tuple[_PixelMapDataset, ...] = field(default=(), repr=False, compare=False)
     _test_cache: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -378,21 +659,21 @@ class Stream:
             raise IndexError(f"test experience {i} out of range [0, {self.n_experiences})")
         if i not in self._test_cache:
             self._test_cache[i] = self._decode_test(i)
-        values, scale, y, task = self._test_cache[i]
-        x = values.to(torch.float32, copy=True).div_(scale).view(-1, *self.input_shape)
-        return x, y.clone(), task.clone()
+        values, source, y, task = self._test_cache[i]
+        x = values.clone() if source is None else source.to_float(values)
+        return x.view(-1, *self.input_shape), y.clone(), task.clone()
 
-    def _decode_test(self, i: int) -> tuple[Tensor, float, Tensor, Tensor]:
-        """``(values, scale, y, task)`` with ``x = values / scale``: uint8 pixels of a
-        stream built here, else inputs read through a DataLoader."""
+    def _decode_test(self, i: int) -> tuple[Tensor, _Source | None, Tensor, Tensor]:
+        """``(values, source, y, task)``: uint8 pixels of a stream built here and the
+        source that turns them into inputs, else inputs read through a DataLoader."""
         experience = self.benchmark.test_stream[i]
         if not self._test_data:
             batches = list(DataLoader(experience.dataset.eval(), batch_size=1024, shuffle=False))
             x, y, task = (torch.cat([b[k] for b in batches]) for k in range(3))
-            return x, 1.0, y, task
+            return x.to(torch.float32), None, y.long(), task.long()
         data = self._test_data[i]
         y = torch.tensor(data.targets, dtype=torch.long)
-        return data.uint8_pixels(), data.source.scale, y, torch.full_like(y, experience.task_label)
+        return data.uint8_pixels(), data.source, y, torch.full_like(y, experience.task_label)
 
 
 # ------------------------------------------------------------------- building
@@ -400,7 +681,8 @@ class Stream:
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """How to cut a stream; validated where it enters (see :func:`make_stream`)."""
+    """How to cut a stream (and whether to MD5-check its files); validated where it
+    enters (see :func:`make_stream`)."""
 
     seed: int = 0
     n_experiences: int | None = None
@@ -408,6 +690,7 @@ class StreamOptions:
     validation_fraction: float = 0.0
     max_train_per_experience: int | None = None
     max_test_per_experience: int | None = None
+    checksum: bool = True
 
     def __post_init__(self) -> None:
         if not _is_int(self.seed) or self.seed < 0:
@@ -420,18 +703,21 @@ class StreamOptions:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+        if not isinstance(self.checksum, bool):
+            raise ValueError(f"checksum must be true or false, got {self.checksum!r}")
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _split_classes(n_experiences: int | None) -> list[list[int]]:
-    n = 5 if n_experiences is None else n_experiences
-    if N_CLASSES % n != 0:
-        raise ValueError(f"n_experiences must divide {N_CLASSES} for a split stream, got {n}")
-    per = N_CLASSES // n
-    return [list(DER_CLASS_ORDER[k * per : (k + 1) * per]) for k in range(n)]
+def _split_classes(n_experiences: int | None, n_classes: int = N_CLASSES, default: int = 5) -> list[list[int]]:
+    """Classes ``0 .. n_classes-1`` in order, cut into ``n_experiences`` equal groups."""
+    n = default if n_experiences is None else n_experiences
+    if n_classes % n != 0:
+        raise ValueError(f"n_experiences must divide {n_classes} for a split stream, got {n}")
+    per = n_classes // n
+    return [list(range(k * per, (k + 1) * per)) for k in range(n)]
 
 
 def _train_eval_pools(train: _Source, test: _Source, options: StreamOptions) -> tuple[np.ndarray, _Source, np.ndarray]:
@@ -453,6 +739,8 @@ def _build(
     test: _Source,
     options: StreamOptions,
     plan: list[tuple[list[int], Tensor, int]],
+    n_classes: int = N_CLASSES,
+    augmentation: CropFlip | None = None,
 ) -> Stream:
     """A :class:`Stream` from ``plan``: per experience ``(classes, pixel map, task)``."""
     train_pool, eval_source, eval_pool = _train_eval_pools(train, test, options)
@@ -477,9 +765,11 @@ def _build(
         name=name,
         scenario=scenario,
         benchmark=benchmark,
-        n_classes=N_CLASSES,
+        n_classes=n_classes,
         input_shape=train.image_shape,
         classes_per_experience=classes,
+        normalization=train.normalization,
+        augmentation=augmentation,
         _test_data=tuple(eval_sets),
     )
 
@@ -501,30 +791,65 @@ def _annotate(benchmark: CLScenario, classes: list[list[int]], tasks: list[int])
             experience.task_labels = [task]
 
 
-def _split_stream(name: str, load: Callable[[], tuple[_Source, _Source]], options: StreamOptions) -> Stream:
-    classes = _split_classes(options.n_experiences)
+def _split_stream(
+    name: str,
+    load: Callable[[], tuple[_Source, _Source]],
+    options: StreamOptions,
+    n_classes: int = N_CLASSES,
+    default_experiences: int = 5,
+    augmentation: CropFlip | None = None,
+) -> Stream:
+    classes = _split_classes(options.n_experiences, n_classes, default_experiences)
     tasks = list(range(len(classes))) if options.task_labels else [0] * len(classes)
     scenario = "task-il" if options.task_labels else "class-il"
     train, test = load()
     identity = _identity_map(train.n_pixels)
-    return _build(name, scenario, train, test, options, [(c, identity, t) for c, t in zip(classes, tasks)])
+    plan = [(c, identity, t) for c, t in zip(classes, tasks)]
+    return _build(name, scenario, train, test, options, plan, n_classes, augmentation)
 
 
 def _domain_stream(name: str, root: Path, options: StreamOptions, make_maps: Callable[[int], list[Tensor]]) -> Stream:
     if options.task_labels:
         raise ValueError(f"task_labels=True is only for split streams; {name} is domain-incremental")
     n = 20 if options.n_experiences is None else options.n_experiences
-    train, test = _mnist_sources(root, "MNIST")
+    train, test = _mnist_sources(root, "MNIST", options.checksum)
     all_classes = list(range(N_CLASSES))
     return _build(name, "domain-il", train, test, options, [(all_classes, m, 0) for m in make_maps(n)])
 
 
 def _split_mnist(root: Path, options: StreamOptions) -> Stream:
-    return _split_stream("split-mnist", lambda: _mnist_sources(root, "MNIST"), options)
+    return _split_stream("split-mnist", lambda: _mnist_sources(root, "MNIST", options.checksum), options)
 
 
 def _split_fmnist(root: Path, options: StreamOptions) -> Stream:
-    return _split_stream("split-fmnist", lambda: _mnist_sources(root, "FashionMNIST"), options)
+    return _split_stream("split-fmnist", lambda: _mnist_sources(root, "FashionMNIST", options.checksum), options)
+
+
+def _der_augmentation(normalization: Normalization) -> CropFlip:
+    """``RandomCrop(size, padding=4)`` then ``RandomHorizontalFlip()``, padding with black."""
+    return CropFlip(padding=4, flip_probability=0.5, fill=normalization.black)
+
+
+def _split_cifar10(root: Path, options: StreamOptions) -> Stream:
+    load = lambda: _cifar_sources(root, "CIFAR10", options.checksum)  # noqa: E731
+    return _split_stream("split-cifar10", load, options, 10, 5, _der_augmentation(CIFAR10_NORMALIZATION))
+
+
+def _split_cifar100(root: Path, options: StreamOptions) -> Stream:
+    load = lambda: _cifar_sources(root, "CIFAR100", options.checksum)  # noqa: E731
+    return _split_stream("split-cifar100", load, options, 100, 10, _der_augmentation(CIFAR100_NORMALIZATION))
+
+
+def _split_tinyimagenet(root: Path, options: StreamOptions) -> Stream:
+    def load() -> tuple[_Source, _Source]:
+        train, test = _tinyimagenet_sources(root, options.checksum)
+        if (n := int(train.labels.max()) + 1) != 200:
+            problem = f"split-tinyimagenet needs the 200 classes of Tiny ImageNet, wnids.txt lists {n}"
+            raise DatasetNotFoundError(_missing_files_message(root, "TinyImageNet", problem))
+        return train, test
+
+    augmentation = _der_augmentation(TINYIMAGENET_NORMALIZATION)
+    return _split_stream("split-tinyimagenet", load, options, 200, 10, augmentation)
 
 
 def _split_digits(root: Path, options: StreamOptions) -> Stream:
@@ -546,15 +871,75 @@ def _rotated_mnist(root: Path, options: StreamOptions) -> Stream:
 _STREAMS: dict[str, Callable[[Path, StreamOptions], Stream]] = {
     "permuted-mnist": _permuted_mnist,
     "rotated-mnist": _rotated_mnist,
+    "split-cifar10": _split_cifar10,
+    "split-cifar100": _split_cifar100,
     "split-digits": _split_digits,
     "split-fmnist": _split_fmnist,
     "split-mnist": _split_mnist,
+    "split-tinyimagenet": _split_tinyimagenet,
 }
 
 
 def available_streams() -> list[str]:
-    """Names accepted by :func:`make_stream`, sorted."""
+    """Names accepted by :func:`make_stream`, sorted (besides ``package.module:function``)."""
     return sorted(_STREAMS)
+
+
+def stream_from_benchmark(benchmark, name: str) -> Stream:
+    """A :class:`Stream` around a user's Avalanche benchmark.
+
+    Classes per experience: the experience's ``classes_in_this_experience``, else
+    the set of its targets; ``n_classes``: the benchmark's ``n_classes``, else the
+    largest class + 1; input shape: that of the first training sample. Scenario:
+    ``task-il`` if an experience has a task label other than 0, ``domain-il`` if
+    every experience holds the same classes, else ``class-il``. Experiences without
+    the class and task attributes the plugins read get them.
+    """
+    train_stream = benchmark.train_stream
+    classes, tasks = [], []
+    for experience in train_stream:
+        known = getattr(experience, "classes_in_this_experience", None)
+        classes.append(sorted(int(c) for c in (known if known is not None else set(experience.dataset.targets))))
+        tasks.append(int(getattr(experience, "task_label", 0)))
+    if not classes:
+        raise ValueError(f"stream {name!r}: the benchmark has no training experience")
+    n_classes = getattr(benchmark, "n_classes", None) or 1 + max(max(c) for c in classes if c)
+    first = train_stream[0].dataset[0][0]
+    if any(tasks):
+        scenario = "task-il"
+    elif len(classes) > 1 and all(c == classes[0] for c in classes):
+        scenario = "domain-il"
+    else:
+        scenario = "class-il"
+    for stream in (benchmark.train_stream, benchmark.test_stream):
+        if any(not hasattr(e, "classes_in_this_experience") or not hasattr(e, "task_label") for e in stream):
+            _annotate(benchmark, classes, tasks)
+            break
+    return Stream(
+        name=name,
+        scenario=scenario,
+        benchmark=benchmark,
+        n_classes=int(n_classes),
+        input_shape=tuple(first.shape),
+        classes_per_experience=classes,
+    )
+
+
+def _user_stream(name: str, root: Path, options: StreamOptions) -> Stream:
+    """The stream ``package.module:function`` returns (a :class:`Stream` or an Avalanche benchmark)."""
+    from dataclasses import asdict
+
+    from ckd.user_code import call_with_accepted, load_callable
+
+    function = load_callable(name, "stream")
+    given = {**asdict(options), "data_root": root}
+    defaults = {**asdict(StreamOptions()), "seed": options.seed, "data_root": root, "checksum": options.checksum}
+    built = call_with_accepted(function, name, given, defaults)
+    if isinstance(built, Stream):
+        return built
+    if not hasattr(built, "train_stream") or not hasattr(built, "test_stream"):
+        raise ValueError(f"stream {name!r} returned {type(built).__name__}, not an Avalanche benchmark or a ckd Stream")
+    return stream_from_benchmark(built, name)
 
 
 def make_stream(
@@ -567,20 +952,28 @@ def make_stream(
     validation_fraction: float = 0.0,
     max_train_per_experience: int | None = None,
     max_test_per_experience: int | None = None,
+    checksum: bool = True,
 ) -> Stream:
-    """Build stream ``name`` (see :func:`available_streams`).
+    """Build stream ``name`` (see :func:`available_streams`), or call a user's
+    ``package.module:function`` with the options it declares (see :func:`stream_from_benchmark`).
 
     ``seed`` fixes permutations, angles, the digits train/test split, the
     validation split and subsampling; the class order of split streams is fixed.
-    ``n_experiences``: default 5 for split streams (must divide 10), 20 for
+    ``n_experiences``: default 5 for split streams over 10 classes (must divide
+    the number of classes), 10 for split-cifar100 and split-tinyimagenet, 20 for
     permuted/rotated. ``task_labels``: task-incremental split streams.
     ``validation_fraction > 0``: each test experience is instead a stratified,
     seeded slice of the training data, removed from training. ``max_*_per_experience``:
-    seeded class-proportional subsampling. Raises :class:`DatasetNotFoundError`
-    when MNIST files are missing or corrupt under ``data_root``.
+    seeded class-proportional subsampling. ``checksum=False`` skips the MD5 and
+    file-count checks. Raises :class:`DatasetNotFoundError` when a dataset's files
+    are missing or corrupt under ``data_root``.
     """
-    if name not in _STREAMS:
-        raise ValueError(f"unknown stream {name!r}; available: {', '.join(available_streams())}")
+    from ckd.user_code import is_reference
+
+    if name not in _STREAMS and not is_reference(name):
+        raise ValueError(
+            f"unknown stream {name!r}; available: {', '.join(available_streams())}, or package.module:function"
+        )
     options = StreamOptions(
         seed=seed,
         n_experiences=n_experiences,
@@ -588,5 +981,8 @@ def make_stream(
         validation_fraction=validation_fraction,
         max_train_per_experience=max_train_per_experience,
         max_test_per_experience=max_test_per_experience,
+        checksum=checksum,
     )
+    if is_reference(name):
+        return _user_stream(name, resolve_data_root(data_root), options)
     return _STREAMS[name](resolve_data_root(data_root), options)
