@@ -110,10 +110,17 @@ def make_strategy(
     args: dict[str, Any],
     seed: int = 0,
     extra_plugins: list | None = None,
+    fast: bool = False,
 ):
-    """An Avalanche strategy for ``method`` with plain SGD at ``settings.lr``."""
+    """An Avalanche strategy for ``method`` with plain SGD at ``settings.lr``.
+
+    ``fast``: the same strategy on the tensor-native path (:mod:`ckd.training`).
+    """
     from avalanche.training import DER, JointTraining, Naive
     from avalanche.training.plugins import EvaluationPlugin
+
+    if fast:
+        from ckd.training import TensorDER as DER, TensorJointTraining as JointTraining, TensorNaive as Naive
 
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
     if method.startswith("kd-"):  # ckd plugins take the run's seed for their buffer

@@ -593,8 +593,7 @@ class _PixelMapDataset(Dataset):
     def as_tensors(self) -> tuple[Tensor, Tensor]:
         """All samples at once: ``x (N, *image_shape)`` float32, the values ``__getitem__``
         returns, and ``y (N,)`` int64 (fresh tensors)."""
-        x = self.uint8_pixels().to(torch.float32).div_(self.source.scale).view(-1, *self.source.image_shape)
-        return x, torch.as_tensor(self.targets, dtype=torch.long)
+        return self.source.to_float(self.uint8_pixels()), torch.as_tensor(self.targets, dtype=torch.long)
 
     def uint8_pixels(self) -> Tensor:
         """All samples' mapped pixels, ``(N, P)`` uint8."""
