@@ -53,6 +53,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task-labels", action="store_true", help="task-incremental (split streams)")
     r.add_argument("--n-experiences", type=int, default=None)
     r.add_argument("--eval-every", type=int, default=None, help="also evaluate every N iterations")
+    r.add_argument("--loader", default=None, choices=["tensor", "avalanche"],
+                   help="training data from in-memory tensors (default) or Avalanche's DataLoader")
     r.add_argument("--label", default=None)
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="method settings, e.g. --set alpha=0.5 temperature=4")
@@ -152,6 +154,7 @@ def _cmd_run(args) -> int:
             k: v for k, v in dict(
                 epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model,
                 n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
+                loader=args.loader,
             ).items() if v is not None
         }
         configs = method_configs(

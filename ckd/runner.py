@@ -53,6 +53,10 @@ STREAM_DEFAULTS: dict[str, dict[str, Any]] = {
 USER_STREAM_DEFAULTS: dict[str, Any] = {"model": "mlp"}
 AMP_DTYPES = ("bf16", "fp16")
 
+# How a run reads its training data: "tensor", minibatches sliced from in-memory tensors
+# (ckd.training, when the stream's data are tensors), or "avalanche", Avalanche's DataLoader.
+LOADERS = ("tensor", "avalanche")
+
 # Method settings that may be one value per experience of the stream.
 PER_EXPERIENCE_ARGS = ("alpha", "current_alpha")
 
@@ -74,6 +78,8 @@ class RunConfig:
     ``threads``: intra-op CPU threads. The thread count changes floating-point
     reduction order, so it is part of the config: one thread by default makes
     CPU numbers identical across machines and lets suites run jobs side by side.
+    ``loader``: ``"tensor"`` trains from in-memory tensors (``ckd.training``),
+    ``"avalanche"`` from Avalanche's DataLoader; the data order differs, so it is part of the config.
     """
 
     stream: str
@@ -93,6 +99,7 @@ class RunConfig:
     max_test_per_experience: int | None = None
     eval_every: int = 0
     threads: int = 1
+    loader: str = "tensor"
     amp: str | None = None
     checksum: bool = True
     method_args: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +144,8 @@ class RunConfig:
             raise ValueError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
 
     @property
     def name(self) -> str:
@@ -149,6 +158,8 @@ class RunConfig:
         out = asdict(self)
         out["method_args"] = resolve_method_args(self.method, self.method_args)
         out["label"] = self.name
+        if out["loader"] == "avalanche":  # what results written before the tensor path used
+            del out["loader"]
         # Settings added later are recorded only when set, so older results still match.
         for name, default in (("amp", None), ("checksum", True)):
             if out[name] == default:
@@ -160,6 +171,7 @@ def config_from_result(result: dict[str, Any], **overrides: Any) -> RunConfig:
     """The :class:`RunConfig` a result JSON was produced with (``overrides`` replace fields)."""
     known = {f.name for f in fields(RunConfig)}
     values = {k: v for k, v in result["config"].items() if k in known}
+    values.setdefault("loader", "avalanche")  # written before the tensor path existed
     values.update(overrides)
     return RunConfig(**values)
 
@@ -322,7 +334,10 @@ def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress:
             raise ValueError(
                 f"{key} is a per-experience list of {len(value)} values but {config.stream} has {n_exp} experiences"
             )
-    strategy = make_strategy(config.method, model, settings, method_args, seed=config.seed, extra_plugins=extra)
+    strategy = make_strategy(
+        config.method, model, settings, method_args, seed=config.seed, extra_plugins=extra,
+        fast=config.loader == "tensor",
+    )
     if diagnostics is not None:  # must see the teacher before the KD plugin replaces it
         strategy.plugins.insert(0, diagnostics)
 

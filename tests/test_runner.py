@@ -227,3 +227,18 @@ def test_kd_runs_record_teacher_diagnostics_per_experience():
     # be right on the current classes, so with them its accuracy would be at most half.
     assert records[1]["teacher_accuracy"] > 0.6
     assert run(RunConfig("split-digits", "naive", seed=0, epochs=1))["diagnostics"] is None
+
+
+def test_the_loader_is_part_of_the_config_and_older_results_read_as_avalanches():
+    with pytest.raises(ValueError, match="loader must be one of"):
+        RunConfig("split-digits", "naive", loader="numpy")
+    tensor = RunConfig("split-digits", "naive", epochs=1)
+    assert tensor.loader == "tensor" and tensor.resolved()["loader"] == "tensor"
+    avalanche = RunConfig("split-digits", "naive", epochs=1, loader="avalanche")
+    assert "loader" not in avalanche.resolved()  # as in results written before the tensor path
+    old = {"config": avalanche.resolved()}
+    assert config_from_result(old).loader == "avalanche"
+    assert config_from_result({"config": tensor.resolved()}).loader == "tensor"
+    a, b = run(tensor), run(avalanche)
+    assert a["config"]["loader"] == "tensor" and "loader" not in b["config"]
+    assert a["accuracy_matrix"] != b["accuracy_matrix"]  # another data order
