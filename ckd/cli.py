@@ -30,7 +30,9 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="folder for result JSONs (default: results/)")
-    p.add_argument("--data-root", default=None, help="folder holding MNIST/ and FashionMNIST/ (else $CKD_DATA_ROOT)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the datasets (MNIST/, cifar-10-batches-py/, cifar-100-python/, "
+                        "tiny-imagenet-200/; else $CKD_DATA_ROOT)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -41,7 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", parents=[debug], help="run methods on a stream for some seeds")
-    r.add_argument("--stream", default="split-digits")
+    r.add_argument("--stream", default="split-digits", help="a stream name or package.module:function")
     r.add_argument("--method", nargs="+", default=["kd-replay"], help="one or more method names")
     r.add_argument("--seeds", nargs="+", type=int, default=[0])
     r.add_argument("--mem-size", type=int, default=None, help="replay memory size (methods with a buffer)")
@@ -49,7 +51,11 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, default=None)
     r.add_argument("--lr", type=float, default=None)
     r.add_argument("--batch-size", type=int, default=None)
-    r.add_argument("--model", default=None, choices=["mlp", "cnn"])
+    r.add_argument("--model", default=None,
+                   help="mlp, cnn, resnet18 or package.module:function (default: the stream's)")
+    r.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision (default: float32)")
+    r.add_argument("--no-checksum", action="store_true",
+                   help="skip the MD5 checks of the dataset files (re-packed copies)")
     r.add_argument("--task-labels", action="store_true", help="task-incremental (split streams)")
     r.add_argument("--n-experiences", type=int, default=None)
     r.add_argument("--eval-every", type=int, default=None, help="also evaluate every N iterations")
@@ -67,6 +73,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("suite", parents=[debug], help="run a TOML suite (resumable)")
     s.add_argument("suite")
     s.add_argument("--device", default=None)
+    s.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision for every run")
+    s.add_argument("--no-checksum", action="store_true", help="skip the MD5 checks of the dataset files")
     s.add_argument("--force", action="store_true")
     s.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     s.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
@@ -152,7 +160,8 @@ def _cmd_run(args) -> int:
             settings["mem_size"] = args.mem_size
         common = {
             k: v for k, v in dict(
-                epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model,
+                epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model, amp=args.amp,
+                checksum=False if args.no_checksum else None,
                 n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
                 loader=args.loader,
             ).items() if v is not None
@@ -175,6 +184,11 @@ def _cmd_suite(args) -> int:
     from ckd.suite import load_suite
 
     configs = load_suite(args.suite, device=args.device)
+    overrides = {k: v for k, v in dict(amp=args.amp, checksum=False if args.no_checksum else None).items() if v is not None}
+    if overrides:
+        from dataclasses import replace
+
+        configs = [replace(c, **overrides) for c in configs]
     if args.dry_run:
         for c in configs:
             print(result_path(args.out, c))
