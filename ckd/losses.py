@@ -16,6 +16,7 @@ __all__ = [
     "soft_kl",
     "average_soft_targets",
     "replay_cross_entropy",
+    "logit_mse",
     "feature_distance",
     "rkd_distance",
     "rkd_angle",
@@ -127,6 +128,20 @@ def average_soft_targets(
 def replay_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Hard-label cross-entropy on replayed samples. logits ``(B, C)``, targets ``(B,)``."""
     return F.cross_entropy(logits, targets)
+
+
+def logit_mse(student_logits: Tensor, teacher_logits: Tensor, known_classes: Tensor | None = None) -> Tensor:
+    """Mean squared error between logits on the teacher's ``C_t`` columns (DER's term).
+
+    student_logits ``(B, C_s)``, teacher_logits ``(B, C_t)`` with ``C_t ≤ C_s``;
+    known_classes: optional bool ``(C_t,)`` or ``(B, C_t)``: other entries count as 0.
+    Returns ``Σ mask · (z_s − z_t)² / (B · C_t)``, i.e. ``F.mse_loss`` without a mask.
+    """
+    mask = known_class_mask(student_logits, teacher_logits, known_classes)
+    diff = (student_logits[:, : teacher_logits.shape[1]].float() - teacher_logits.float()).pow(2)
+    if mask is not None:
+        diff = diff * mask
+    return diff.sum() / max(diff.numel(), 1)
 
 
 def feature_distance(student: Tensor, teacher: Tensor, metric: str = "l2") -> Tensor:

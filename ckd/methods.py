@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["METHOD_DEFAULTS", "TrainSettings", "available_methods", "make_strategy", "resolve_method_args"]
+__all__ = ["LEGACY_KD_ARGS", "METHOD_DEFAULTS", "TrainSettings", "available_methods", "make_strategy", "resolve_method_args"]
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,49 @@ class TrainSettings:
     momentum: float = 0.0
 
 
-# The replay-distillation settings every buffered kd-* method starts from.
-_KD_REPLAY: dict[str, Any] = {
-    "mem_size": 500, "replay_batch_size": 32, "alpha": 1.0, "temperature": 2.0,
-    "beta": 1.0, "policy": "class_balanced", "known_classes_only": True,
+def _kd_defaults() -> dict[str, Any]:
+    """The plugin's own defaults (``KDReplayConfig``, the one source) and the parts'."""
+    from dataclasses import fields
+
+    from ckd.config import KDReplayConfig
+
+    plugin = {f.name: f.default for f in fields(KDReplayConfig) if f.name != "seed"}
+    return {**plugin, **_PART_DEFAULTS}
+
+
+# Settings of the parts a kd-* method composes, off unless the method turns them on.
+# known_classes_only, n_teachers, ensemble, ema_half_life: the teacher part's.
+# eval_ema_half_life > 0: evaluate with an EMA of the weights (EMAEvaluationPlugin).
+# logit_weight > 0: MSE on the replayed logits (LogitMatchingPlugin).
+# current_alpha > 0: distillation on the current samples (CurrentDistillationPlugin).
+# current_classes_only: ER-ACE's asymmetric CE (AsymmetricCrossEntropyPlugin).
+_PART_DEFAULTS: dict[str, Any] = {
+    "known_classes_only": False,
+    "n_teachers": 1,
+    "ensemble": "own",
+    "ema_half_life": 0.3,
+    "eval_ema_half_life": 0.0,
+    "logit_weight": 0.0,
+    "current_alpha": 0.0,
+    "current_classes_only": False,
 }
 
-# Defaults follow the DER paper's tuned Seq-MNIST settings where they exist.
+# What a kd-* result written before the parts existed meant by a missing key
+# (the plugin's defaults then): ``config_from_result`` fills these in.
+LEGACY_KD_ARGS: dict[str, Any] = {
+    **_PART_DEFAULTS,
+    "teacher": "snapshot",
+    "known_classes_only": True,
+    "beta": 0.0,
+    "policy": "class_balanced",
+    "replay_batch_size": 32,
+    "temperature": 2.0,
+}
+
+_KD = _kd_defaults()
+
+# Defaults follow the DER paper's tuned Seq-MNIST settings where they exist; the kd-*
+# methods start from the plugin's measured defaults.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "naive": {},
     "joint": {},
@@ -39,13 +75,14 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lwf": {"alpha": 1.0, "temperature": 2.0},
     "ewc": {"ewc_lambda": 100.0},
     "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
-    "kd-replay": {**_KD_REPLAY, "teacher": "snapshot", "current_classes_only": False},
-    "kd-feature": {**_KD_REPLAY, "feature_weight": 1.0, "feature_metric": "l2"},
-    "kd-relation": {**_KD_REPLAY, "relation_weight": 1.0},
+    "kd-replay": dict(_KD),
+    "kd-ema": {**_KD, "teacher": "ema"},
+    "kd-feature": {**_KD, "feature_weight": 1.0, "feature_metric": "l2"},
+    "kd-relation": {**_KD, "relation_weight": 1.0},
     "kd-lwf": {"current_alpha": 1.0, "temperature": 2.0},
-    "kd-replay-lwf": {**_KD_REPLAY, "current_alpha": 1.0},
-    "kd-multi-teacher": {**_KD_REPLAY, "n_teachers": 4, "ensemble": "own"},
-    "kd-replay-cached": {**_KD_REPLAY, "current_classes_only": False},
+    "kd-replay-lwf": {**_KD, "current_alpha": 1.0},
+    "kd-multi-teacher": {**_KD, "n_teachers": 4, "ensemble": "own"},
+    "kd-replay-cached": {**_KD, "teacher": "cached"},
 }
 
 
@@ -68,10 +105,10 @@ def resolve_method_args(method: str, overrides: dict[str, Any] | None = None) ->
 
 def _plugins_for(method: str, args: dict[str, Any]) -> list:
     args = dict(args)
-    from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+    from avalanche.training.plugins import EWCPlugin, LwFPlugin
     from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 
-    from ckd.plugins import KDReplayPlugin
+    from ckd.replay import ExperienceReplayPlugin
 
     if method == "replay":
         if args["policy"] not in ("reservoir", "experience_balanced"):
@@ -81,26 +118,62 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
             if args["policy"] == "reservoir"
             else ExperienceBalancedBuffer(args["mem_size"], adaptive_size=True)
         )
-        return [ReplayPlugin(args["mem_size"], batch_size_mem=args["replay_batch_size"], storage_policy=storage)]
+        return [ExperienceReplayPlugin(args["mem_size"], batch_size_mem=args["replay_batch_size"], storage_policy=storage)]
     if method == "lwf":
         return [LwFPlugin(alpha=args["alpha"], temperature=args["temperature"])]
     if method == "ewc":
         return [EWCPlugin(ewc_lambda=args["ewc_lambda"])]
     if method == "kd-lwf":
-        return [KDReplayPlugin(alpha=0.0, beta=0.0, **args)]
-    if method in ("kd-replay", "kd-replay-cached", "kd-replay-lwf", "kd-multi-teacher"):
-        if method == "kd-replay-cached":
-            args = {**args, "teacher": "cached"}
-        return [KDReplayPlugin(**args)]
+        from ckd.current_data import CurrentDistillationPlugin
+
+        return [CurrentDistillationPlugin(alpha=args["current_alpha"], temperature=args["temperature"])]
+    if method.startswith("kd-"):
+        return _kd_plugins(method, args)
+    return []
+
+
+def _kd_plugins(method: str, args: dict[str, Any]) -> list:
+    """A KDReplayPlugin with its teacher part, and the parts the settings turn on."""
+    from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
+    from ckd.config import KDReplayConfig
+    from ckd.plugins import KDReplayPlugin, LogitMatchingPlugin
+    from ckd.teacher import make_teacher
+    from ckd.weight_averaging import EMAEvaluationPlugin
+
+    name = "cached" if method == "kd-replay-cached" else args["teacher"]
+    if name == "snapshot" and args["n_teachers"] > 1:
+        name = "ensemble"
+    if args["current_alpha"] and name not in ("snapshot", "ensemble", "ema"):
+        raise ValueError(f"current_alpha > 0 needs a teacher model (snapshot, ensemble or ema), got teacher={name!r}")
+    teacher_settings = {
+        "snapshot": {"known_classes_only": args["known_classes_only"]},
+        "cached": {"known_classes_only": args["known_classes_only"]},
+        "own": {"known_classes_only": args["known_classes_only"]},
+        "ensemble": {k: args[k] for k in ("n_teachers", "ensemble", "known_classes_only")},
+        "ema": {"half_life": args["ema_half_life"], "seed": args["seed"]},
+    }.get(name, {})
+    config = KDReplayConfig(
+        **{k: args[k] for k in ("mem_size", "replay_batch_size", "alpha", "temperature", "beta", "policy", "seed")},
+        teacher=name,
+    )
+    kd = KDReplayPlugin(config=config, teacher=make_teacher(name, **teacher_settings))
+    plugins: list = [kd]
     if method in ("kd-feature", "kd-relation"):
         from ckd.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
 
-        extra = {k: args.pop(k) for k in ("feature_weight", "feature_metric", "relation_weight") if k in args}
-        kd = KDReplayPlugin(**args)
         if method == "kd-feature":
-            return [kd, FeatureDistillationPlugin(kd, weight=extra["feature_weight"], metric=extra["feature_metric"])]
-        return [kd, RelationDistillationPlugin(kd, weight=extra["relation_weight"])]
-    return []
+            plugins.append(FeatureDistillationPlugin(kd, weight=args["feature_weight"], metric=args["feature_metric"]))
+        else:
+            plugins.append(RelationDistillationPlugin(kd, weight=args["relation_weight"]))
+    if args["logit_weight"] > 0:
+        plugins.append(LogitMatchingPlugin(kd, weight=args["logit_weight"]))
+    if args["current_classes_only"]:
+        plugins.append(AsymmetricCrossEntropyPlugin())
+    if args["current_alpha"]:
+        plugins.append(CurrentDistillationPlugin(alpha=args["current_alpha"], temperature=args["temperature"], kd=kd))
+    if args["eval_ema_half_life"] > 0:
+        plugins.append(EMAEvaluationPlugin(half_life=args["eval_ema_half_life"], seed=args["seed"]))
+    return plugins
 
 
 def make_strategy(
@@ -111,13 +184,16 @@ def make_strategy(
     seed: int = 0,
     extra_plugins: list | None = None,
     fast: bool = False,
+    loggers: list | tuple = (),
 ):
     """An Avalanche strategy for ``method`` with plain SGD at ``settings.lr``.
 
     ``fast``: the same strategy on the tensor-native path (:mod:`ckd.training`).
+    ``loggers``: Avalanche loggers, fed by the evaluator of :func:`ckd.loggers.make_evaluator`.
     """
     from avalanche.training import DER, JointTraining, Naive
-    from avalanche.training.plugins import EvaluationPlugin
+
+    from ckd.loggers import make_evaluator
 
     if fast:
         from ckd.training import TensorDER as DER, TensorJointTraining as JointTraining, TensorNaive as Naive
@@ -133,9 +209,11 @@ def make_strategy(
         train_epochs=settings.epochs,
         eval_mb_size=settings.eval_batch_size,
         device=settings.device,
-        evaluator=EvaluationPlugin(loggers=[]),
     )
     plugins = list(extra_plugins or [])
+    if method not in ("der", "joint"):
+        plugins = _plugins_for(method, args) + plugins
+    common["evaluator"] = make_evaluator(loggers, plugins)
     if method == "der":
         return DER(
             mem_size=args["mem_size"], batch_size_mem=args["replay_batch_size"],
@@ -143,4 +221,4 @@ def make_strategy(
         )
     if method == "joint":
         return JointTraining(plugins=plugins, **common)
-    return Naive(plugins=_plugins_for(method, args) + plugins, **common)
+    return Naive(plugins=plugins, **common)

@@ -1,4 +1,21 @@
-"""A frozen snapshot of the model, queried for soft targets."""
+"""Teachers: where a replayed sample's soft targets come from.
+
+A teacher is a small object with one interface, driven by
+:class:`ckd.plugins.KDReplayPlugin` (or any caller):
+
+- ``bind(forward, multi_task)``: how to call the model (once, before training);
+- ``before_training_exp(model, steps)``: an experience of ``steps`` iterations starts;
+- ``after_training_iteration(model)``: the optimizer has stepped;
+- ``after_training_exp(model, known_classes, buffer)``: the experience has ended;
+- ``soft_targets(sample, x)``: target logits ``(R, C_t)`` and class mask ``(R, C_t)``
+  (``None``: every output) for the replayed rows ``x`` drawn as ``sample``.
+
+Offline teachers are frozen at the end of an experience (:class:`SnapshotTeacher`,
+:class:`EnsembleTeacher`) or keep the logits such a snapshot gave
+(:class:`CachedTeacher`, :class:`OwnExperienceTeacher`); the online
+:class:`EMATeacher` trains alongside the student as an exponential moving average
+of its weights. Nothing here imports Avalanche.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +25,47 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ckd.buffer import ReplayBuffer, ReplaySample
 from ckd.losses import average_soft_targets
 
-__all__ = ["ENSEMBLES", "Teacher", "TeacherSet", "default_forward"]
+__all__ = [
+    "ENSEMBLES",
+    "TEACHERS",
+    "CachedTeacher",
+    "EMATeacher",
+    "EMAWeights",
+    "EnsembleTeacher",
+    "FrozenModel",
+    "OwnExperienceTeacher",
+    "SnapshotTeacher",
+    "TeacherSet",
+    "decay_for_half_life",
+    "default_forward",
+    "make_teacher",
+]
 
 ENSEMBLES = ("own", "average")
 
 ForwardFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+# Batch of the once-per-experience passes over the buffer (logit caching).
+_PASS_BATCH = 1000
 
 
 def default_forward(model: nn.Module, x: Tensor, task: Tensor) -> Tensor:
     return model(x)
 
 
-class Teacher:
-    """A deep copy of ``model`` in ``eval()`` mode with gradients off.
+class FrozenModel:
+    """A deep copy of ``model`` in ``eval()`` mode with gradients off, queried for logits.
 
     known_classes: bool ``(n_tasks, C)``: the classes the model had been trained
-    on, per task label, when the snapshot was taken. Soft targets are restricted
-    to them.
-    forward: how to call the model with ``(x, task_labels)`` (multi-head models
-    take the task labels; the default ignores them).
-    multi_task: the model has one head per task; samples of a task the teacher
-    never saw get no soft target.
-    known_classes_only: restrict soft targets to the known classes. With False,
-    every output of the teacher is a target (for tasks it has seen): on a fixed
-    head its low scores for classes it never saw tell the student to keep them low.
+    on, per task label. With a fixed single head every output is a target (its low
+    scores for classes it never saw tell the student to keep them low); a head that
+    grew since the snapshot is cut to the teacher's width by the loss. A multi-head
+    model gives targets on the head of each sample's task, and none to samples of a
+    task it never saw. ``known_classes_only`` restricts targets to the known classes
+    (the behaviour of ckd ≤ 0.1's default, kept to re-run old results).
     """
 
     def __init__(
@@ -42,14 +74,18 @@ class Teacher:
         known_classes: Tensor,
         forward: ForwardFn = default_forward,
         multi_task: bool = False,
-        known_classes_only: bool = True,
+        known_classes_only: bool = False,
+        copy_model: bool = True,
     ) -> None:
-        self.model = copy.deepcopy(model).eval()
-        self.model.requires_grad_(False)
+        self.model = copy.deepcopy(model) if copy_model else model
+        self.model.eval().requires_grad_(False)
         self.known_classes = known_classes.clone().bool()
         self.forward = forward
         self.multi_task = multi_task
         self.known_classes_only = known_classes_only
+        self._tables: dict = {}
+        known = self.known_classes.any(dim=1).nonzero().flatten()
+        self._any_known_task = int(known[0]) if known.numel() else 0
 
     @property
     def known_tasks(self) -> Tensor:
@@ -57,13 +93,13 @@ class Teacher:
         return self.known_classes.any(dim=1)
 
     def class_mask(self, task: Tensor, num_classes: int) -> Tensor:
-        """bool ``(B, num_classes)``: the classes the teacher knew for each sample's task."""
+        """bool ``(B, num_classes)``: each sample's target classes (see the class doc)."""
         table = self._mask_table(num_classes, task.device, self.known_classes_only)
         return table[task.clamp_max(table.shape[0] - 1)]
 
     def known_class_mask(self, task: Tensor, num_classes: int) -> Tensor:
         """bool ``(B, num_classes)``: the classes the teacher was trained on for each
-        sample's task, whatever ``known_classes_only`` says (for distillation on new data)."""
+        sample's task (for distillation on new data, where other outputs say nothing)."""
         table = self._mask_table(num_classes, task.device, True)
         return table[task.clamp_max(table.shape[0] - 1)]
 
@@ -71,8 +107,6 @@ class Teacher:
         """bool ``(n_tasks + 1, num_classes)``; the last row (tasks never seen) is all False.
         Built once per width and device, so a training step only indexes it."""
         key = (num_classes, str(device), known_only)
-        if getattr(self, "_tables", None) is None:
-            self._tables = {}
         if key not in self._tables:
             known = self.known_classes
             table = torch.zeros(known.shape[0] + 1, num_classes, dtype=torch.bool)
@@ -85,36 +119,43 @@ class Teacher:
         return self._tables[key]
 
     def logits(self, x: Tensor, task: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Soft-target logits ``(B, C_t)`` and their class mask ``(B, C_t)``
-        (``None`` when every output of every sample is a target).
-
-        A multi-head teacher is only run on the samples of tasks it has a head for.
-        """
+        """Target logits ``(B, C_t)`` and their class mask ``(B, C_t)`` (``None`` when
+        every output of every sample is a target). Samples of a task the teacher has
+        no head for get an all-False mask row."""
+        original_task = task
         with torch.inference_mode():
             if self.multi_task:
-                known = self.known_tasks.to(task.device)
-                has_head = known[task.clamp_max(known.shape[0] - 1)] & (task < known.shape[0])
-                rows = has_head.nonzero().squeeze(1)
-                out_rows = self.forward(self.model, x[rows], task[rows])
-                out = torch.zeros(x.shape[0], out_rows.shape[1], device=out_rows.device, dtype=out_rows.dtype)
-                out[rows] = out_rows
-            else:
-                out = self.forward(self.model, x, task)
+                # Rows of tasks without a head run on some known head; the mask zeroes them.
+                known = self._known_task_table(task.device)
+                has_head = known[task.clamp_max(known.shape[0] - 1)]
+                task = torch.where(has_head, task, torch.full_like(task, self._any_known_task))
+            out = self.forward(self.model, x, task)
         # Leave inference mode: the targets enter an autograd graph as constants.
         out = out.clone()
         if not self.known_classes_only and not self.multi_task:
             return out, None  # every output of every sample is a target
-        return out, self.class_mask(task, out.shape[1])
+        return out, self.class_mask(original_task, out.shape[1])
+
+    def _known_task_table(self, device: torch.device) -> Tensor:
+        """bool ``(n_tasks + 1,)``: tasks with a head; the last entry (unseen tasks) False."""
+        key = ("tasks", str(device))
+        if key not in self._tables:
+            self._tables[key] = torch.cat([self.known_tasks, torch.zeros(1, dtype=torch.bool)]).to(device)
+        return self._tables[key]
 
     @property
     def nbytes(self) -> int:
         """Bytes of the snapshot's parameters and buffers."""
-        tensors = [*self.model.parameters(), *self.model.buffers()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return _model_nbytes(self.model)
 
-    def to(self, device: torch.device | str) -> "Teacher":
+    def to(self, device: torch.device | str) -> "FrozenModel":
         self.model.to(device)
+        self._tables = {}
         return self
+
+
+def _model_nbytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 class TeacherSet:
@@ -122,15 +163,14 @@ class TeacherSet:
     experience it finished (oldest first).
 
     Memory: ``size`` copies of the model's parameters and buffers (for the
-    784-100-100-10 MLP, 89,610 floats = 350 KiB each); the plugin's
-    ``teacher="own"`` mode keeps per-sample logits instead of models.
+    784-100-100-10 MLP, 89,610 floats = 350 KiB each).
     """
 
     def __init__(self, size: int) -> None:
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"n_teachers must be an integer >= 1, got {size!r}")
         self.size = size
-        self.teachers: list[Teacher] = []
+        self.teachers: list[FrozenModel] = []
         self.experiences: list[int] = []
         self._finished: Tensor | None = None  # ``experiences`` on the device, built once per change
 
@@ -138,7 +178,7 @@ class TeacherSet:
         return len(self.teachers)
 
     @property
-    def latest(self) -> Teacher | None:
+    def latest(self) -> FrozenModel | None:
         return self.teachers[-1] if self.teachers else None
 
     def make_room(self) -> None:
@@ -148,7 +188,7 @@ class TeacherSet:
             self.experiences.pop(0)
             self._finished = None
 
-    def add(self, teacher: Teacher, experience: int) -> None:
+    def add(self, teacher: FrozenModel, experience: int) -> None:
         self.make_room()
         self.teachers.append(teacher)
         self.experiences.append(int(experience))
@@ -202,3 +242,321 @@ class TeacherSet:
         weights = taught.float() / taught.sum(dim=1, keepdim=True)
         masks = masks & taught.t().unsqueeze(2)
         return average_soft_targets(logits, weights, temperature, masks), masks.any(dim=0)
+
+
+# ----------------------------------------------------------------- teachers
+class _Teacher:
+    """What every teacher shares: how to call the model, and no-op hooks."""
+
+    name = ""
+    forward: ForwardFn = staticmethod(default_forward)
+    multi_task = False
+
+    def bind(self, forward: ForwardFn, multi_task: bool) -> None:
+        self.forward = forward
+        self.multi_task = multi_task
+
+    def before_training_exp(self, model: nn.Module, steps: int) -> None:
+        pass
+
+    def after_training_iteration(self, model: nn.Module) -> None:
+        pass
+
+    def after_training_exp(self, model: nn.Module, known_classes: Tensor, buffer: ReplayBuffer | None) -> None:
+        pass
+
+    @property
+    def ready(self) -> bool:
+        """Whether there is something to distil from (an experience has ended)."""
+        raise NotImplementedError
+
+    @property
+    def model(self) -> FrozenModel | None:
+        """The model giving the targets now (``None`` for teachers that keep logits)."""
+        return None
+
+    def soft_targets(self, sample: ReplaySample, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the models the teacher keeps between experiences."""
+        return 0
+
+    def to(self, device: torch.device | str) -> None:
+        pass
+
+    def _freeze(self, model: nn.Module, known_classes: Tensor, known_classes_only: bool = False) -> FrozenModel:
+        return FrozenModel(model, known_classes, self.forward, self.multi_task, known_classes_only)
+
+
+class SnapshotTeacher(_Teacher):
+    """The model frozen at the end of the latest experience, run on each replay batch."""
+
+    name = "snapshot"
+
+    def __init__(self, known_classes_only: bool = False) -> None:
+        self.known_classes_only = known_classes_only
+        self._model: FrozenModel | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> FrozenModel | None:
+        return self._model
+
+    def after_training_exp(self, model, known_classes, buffer) -> None:
+        self._model = None  # release the old snapshot before copying
+        self._model = self._freeze(model, known_classes, self.known_classes_only)
+
+    def soft_targets(self, sample, x):
+        return self._model.logits(x, sample.task)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._model is None else self._model.nbytes
+
+    def to(self, device) -> None:
+        if self._model is not None:
+            self._model.to(device)
+
+
+class CachedTeacher(_Teacher):
+    """The snapshot's logits stored for every buffer slot after each experience; no
+    teacher forward while training and no model kept. With a class-balanced buffer
+    (written only between experiences) it gives the same targets as
+    :class:`SnapshotTeacher`; with a reservoir, samples written during an experience
+    have no logits (and no soft target) until it ends."""
+
+    name = "cached"
+    refresh = True
+
+    def __init__(self, known_classes_only: bool = False) -> None:
+        self.known_classes_only = known_classes_only
+        self._cover_all = False
+        self._has_logits = False
+
+    @property
+    def ready(self) -> bool:
+        return self._has_logits
+
+    def after_training_exp(self, model, known_classes, buffer) -> None:
+        if buffer is None or buffer.is_empty:
+            return
+        frozen = self._freeze(model, known_classes, self.known_classes_only)
+        slots = torch.arange(len(buffer), device=buffer.device)
+        if not self.refresh and buffer.logits_mask is not None:
+            slots = (~buffer.logits_mask.any(dim=1)).nonzero().squeeze(1)  # once per experience
+        for start in range(0, slots.shape[0], _PASS_BATCH):
+            index = slots[start : start + _PASS_BATCH]
+            rows = buffer.gather(index)
+            logits, mask = frozen.logits(rows.x, rows.task)
+            buffer.set_logits(index, logits, torch.ones_like(logits, dtype=torch.bool) if mask is None else mask)
+        self._has_logits = buffer.logits is not None
+        # One sync per experience; a reservoir write invalidates a slot and resets it.
+        self._cover_all = bool(buffer.logits_mask.all())
+
+    def after_training_iteration(self, model) -> None:
+        pass
+
+    def invalidate(self) -> None:
+        """A slot was overwritten since the logits were cached (reservoir write)."""
+        self._cover_all = False
+
+    def soft_targets(self, sample, x):
+        # Every cached row covers every class: skip the masking work in the step.
+        return sample.logits, None if self._cover_all else sample.logits_mask
+
+
+class OwnExperienceTeacher(CachedTeacher):
+    """Each slot keeps the logits of the snapshot taken at the end of its own
+    experience: computed once, never refreshed (as DER keeps logits from insertion)."""
+
+    name = "own"
+    refresh = False
+
+
+class EnsembleTeacher(_Teacher):
+    """The snapshots of the last ``n_teachers`` experiences (:class:`TeacherSet`);
+    ``ensemble="own"`` distils each sample from the teacher that finished its own
+    experience, ``"average"`` from the mean of the softened probabilities of the kept
+    teachers trained on it (at ``temperature``, set by the plugin)."""
+
+    name = "ensemble"
+
+    def __init__(self, n_teachers: int = 4, ensemble: str = "own", known_classes_only: bool = False) -> None:
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+        self.teachers = TeacherSet(n_teachers)
+        self.ensemble = ensemble
+        self.known_classes_only = known_classes_only
+        self.temperature = 1.0
+        self._experience = 0
+
+    @property
+    def ready(self) -> bool:
+        return len(self.teachers) > 0
+
+    @property
+    def model(self) -> FrozenModel | None:
+        return self.teachers.latest
+
+    def after_training_exp(self, model, known_classes, buffer) -> None:
+        self.teachers.make_room()  # release the oldest snapshot before copying
+        self.teachers.add(self._freeze(model, known_classes, self.known_classes_only), self._experience)
+        self._experience += 1
+
+    def soft_targets(self, sample, x):
+        if len(self.teachers) == 1:
+            return self.teachers.latest.logits(x, sample.task)
+        return self.teachers.soft_targets(x, sample.task, sample.experience, self.temperature, self.ensemble)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.teachers.teachers)
+
+    def to(self, device) -> None:
+        self.teachers.to(device)
+
+
+def decay_for_half_life(half_life: float, steps: int) -> float:
+    """The per-step EMA decay ``λ`` whose half-life is ``half_life · steps`` steps:
+    ``λ = 0.5 ** (1 / (half_life · steps))``."""
+    if not half_life > 0:
+        raise ValueError(f"half_life must be > 0, got {half_life}")
+    return 0.5 ** (1.0 / max(half_life * max(steps, 1), 1e-12))
+
+
+class EMAWeights:
+    """An exponential moving average of a model's weights: ``θ_e ← λ·θ_e + (1−λ)·θ``
+    after every update, on the device, without host syncs.
+
+    ``half_life`` is a fraction of an experience's training iterations (so it
+    transfers across streams and batch sizes); ``λ`` is set per experience from its
+    number of steps (:func:`decay_for_half_life`). ``update_probability < 1`` applies
+    each update with that probability, as CLS-ER does (drawn on the device).
+    Floating-point buffers (BatchNorm statistics) are averaged too; others are copied.
+    """
+
+    def __init__(self, half_life: float = 0.3, update_probability: float = 1.0, seed: int = 0) -> None:
+        if not half_life > 0:
+            raise ValueError(f"half_life must be > 0 (a fraction of an experience's steps), got {half_life}")
+        if not 0 < update_probability <= 1:
+            raise ValueError(f"update_probability must be in (0, 1], got {update_probability}")
+        self.half_life = half_life
+        self.update_probability = update_probability
+        self.seed = seed
+        self.decay = 0.0
+        self.model: nn.Module | None = None
+        self._pairs: tuple[list[Tensor], list[Tensor]] = ([], [])
+        self._copies: tuple[list[Tensor], list[Tensor]] = ([], [])
+        self._generator: torch.Generator | None = None
+
+    def start_experience(self, model: nn.Module, steps: int) -> None:
+        """Set ``λ`` for an experience of ``steps`` iterations and pair the average with
+        ``model``'s tensors (a new copy when the model grew, keeping what matches)."""
+        self.decay = decay_for_half_life(self.half_life, steps)
+        live = model.state_dict()
+        if self.model is None:
+            self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        else:
+            mine = self.model.state_dict()
+            if mine.keys() != live.keys() or any(mine[k].shape != live[k].shape for k in live):
+                grown = copy.deepcopy(model).eval().requires_grad_(False)
+                for key, value in grown.state_dict().items():
+                    if key in mine and mine[key].shape == value.shape:
+                        value.copy_(mine[key])
+                self.model = grown
+        mine = self.model.state_dict()
+        device = next(iter(live.values())).device if live else torch.device("cpu")
+        self.model.to(device)
+        mine = self.model.state_dict()
+        averaged = [k for k, v in live.items() if v.is_floating_point()]
+        copied = [k for k, v in live.items() if not v.is_floating_point()]
+        self._pairs = ([mine[k] for k in averaged], [live[k] for k in averaged])
+        self._copies = ([mine[k] for k in copied], [live[k] for k in copied])
+        if self.update_probability < 1 and (self._generator is None or self._generator.device != device):
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One step of the average towards the paired model's current weights."""
+        ema, live = self._pairs
+        if not ema:
+            return
+        weight = 1.0 - self.decay
+        if self.update_probability < 1:
+            draw = torch.rand((), generator=self._generator, device=ema[0].device)
+            weight = (draw < self.update_probability).to(ema[0].dtype) * weight
+            for e, p in zip(ema, live):
+                e.lerp_(p, weight.to(e.dtype))
+        else:
+            torch._foreach_lerp_(ema, live, weight)
+        if self._copies[0]:
+            torch._foreach_copy_(*self._copies)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.model is None else _model_nbytes(self.model)
+
+
+class EMATeacher(_Teacher):
+    """Online distillation: the teacher is an exponential moving average of the
+    student's weights (a "mean teacher"), updated after every training iteration
+    (:class:`EMAWeights`). It is ready once the first experience has ended; its
+    known classes are the ones trained so far."""
+
+    name = "ema"
+
+    def __init__(self, half_life: float = 0.3, update_probability: float = 1.0, seed: int = 0) -> None:
+        self.weights = EMAWeights(half_life, update_probability, seed)
+        self._frozen: FrozenModel | None = None
+        self._known = torch.zeros(0, 0, dtype=torch.bool)
+
+    @property
+    def ready(self) -> bool:
+        return self._frozen is not None
+
+    @property
+    def model(self) -> FrozenModel | None:
+        return self._frozen
+
+    def before_training_exp(self, model, steps) -> None:
+        self.weights.start_experience(model, steps)
+        if self._frozen is not None:
+            self._frozen = FrozenModel(self.weights.model, self._known, self.forward, self.multi_task, copy_model=False)
+
+    def after_training_iteration(self, model) -> None:
+        self.weights.update()
+
+    def after_training_exp(self, model, known_classes, buffer) -> None:
+        self._known = known_classes.clone()
+        self._frozen = FrozenModel(self.weights.model, self._known, self.forward, self.multi_task, copy_model=False)
+
+    def soft_targets(self, sample, x):
+        return self._frozen.logits(x, sample.task)
+
+    @property
+    def nbytes(self) -> int:
+        return self.weights.nbytes
+
+
+# Names as ckd.config.TEACHER_NAMES lists them.
+TEACHERS = {
+    "snapshot": SnapshotTeacher,
+    "cached": CachedTeacher,
+    "own": OwnExperienceTeacher,
+    "ensemble": EnsembleTeacher,
+    "ema": EMATeacher,
+}
+
+
+def make_teacher(name: str, **settings) -> _Teacher:
+    """A teacher by name (``TEACHERS``) with its own settings."""
+    if name not in TEACHERS:
+        raise ValueError(f"teacher must be one of {tuple(TEACHERS)} or a teacher object, got {name!r}")
+    return TEACHERS[name](**settings)
+

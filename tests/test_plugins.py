@@ -13,6 +13,9 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from ckd import KDReplayPlugin
+from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
+from ckd.plugins import KDReplayConfig, LogitMatchingPlugin
+from ckd.teacher import EnsembleTeacher
 from ckd.runner import AccuracyEvaluator, RunConfig, run
 from ckd.streams import make_stream
 
@@ -63,18 +66,29 @@ def _train(strategy, stream, experiences=None, seed=0):
         ({"mem_size": 2.5}, "mem_size must be an integer >= 1, got 2.5"),
         ({"replay_batch_size": 0}, "replay_batch_size must be an integer >= 1, got 0"),
         ({"policy": "fifo"}, "policy must be one of"),
-        ({"teacher": "ensemble"}, "teacher must be one of"),
+        ({"teacher": "teacher-of-the-year"}, "teacher must be one of"),
         ({"alpha": [1.0, -0.5]}, "alpha must be >= 0, got -0.5"),
         ({"alpha": []}, "alpha as a per-experience list must not be empty"),
-        ({"current_alpha": [0.0, float("nan")]}, "current_alpha must be >= 0, got nan"),
-        ({"n_teachers": 0}, "n_teachers must be an integer >= 1, got 0"),
-        ({"n_teachers": 3, "teacher": "own"}, "n_teachers > 1 needs teacher='snapshot'"),
-        ({"ensemble": "vote"}, "ensemble must be one of"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         KDReplayPlugin(**kwargs)
+
+
+def test_construction_is_keyword_only_and_the_config_is_the_one_source_of_defaults():
+    with pytest.raises(TypeError):
+        KDReplayPlugin(100)
+    with pytest.raises(TypeError, match="no setting 'known_classes_only'"):
+        KDReplayPlugin(known_classes_only=True)
+    assert KDReplayPlugin().config == KDReplayConfig()
+    assert KDReplayPlugin(mem_size=7).config == KDReplayConfig(mem_size=7)
+    from ckd.methods import METHOD_DEFAULTS
+
+    # The runner's kd-replay starts from the same values.
+    for key, value in vars(KDReplayConfig()).items():
+        if key != "seed":
+            assert METHOD_DEFAULTS["kd-replay"][key] == value
 
 
 @pytest.mark.slow
@@ -92,6 +106,28 @@ def test_plugin_reduces_forgetting_on_split_digits():
     assert kd_result["final_average_accuracy"] - naive_result["final_average_accuracy"] > 0.45
     assert kd_result["average_forgetting"] < 0.25
     assert naive_result["average_forgetting"] - kd_result["average_forgetting"] > 0.5
+
+
+def _final_accuracy(plugins, seed=0):
+    stream = make_stream("split-digits", seed=seed)
+    torch.manual_seed(seed)
+    rows = _train(_strategy(_mlp(), plugins), stream, seed=seed)
+    return sum(rows[-1]) / len(rows[-1]), rows
+
+
+@pytest.mark.slow
+def test_the_readme_construction_protects_old_classes_and_so_does_pure_kd():
+    # The construction a user writes first: 100 slots, alpha 1, T 2, replay batch 16.
+    # Naive fine-tuning keeps only the last two classes (~20 %).
+    naive, _ = _final_accuracy([])
+    user, _ = _final_accuracy([KDReplayPlugin(mem_size=100, alpha=1.0, temperature=2.0, replay_batch_size=16)])
+    assert naive < 0.3
+    assert user - naive > 0.25
+    # Pure soft-target rehearsal (no hard-label term) on its own also protects them:
+    # accuracy on the first experience after the last one stays far above naive's 0.
+    pure, rows = _final_accuracy([KDReplayPlugin(mem_size=100, alpha=1.0, temperature=2.0, replay_batch_size=16, beta=0.0)])
+    assert pure - naive > 0.25
+    assert rows[-1][0] > 0.3
 
 
 @pytest.mark.slow
@@ -132,7 +168,7 @@ class _Probe(SupervisedPlugin):
 
 
 def test_replayed_rows_are_exposed_and_criterion_sees_current_rows_only(digits):
-    kd = KDReplayPlugin(mem_size=100, replay_batch_size=16)
+    kd = KDReplayPlugin(mem_size=100, replay_batch_size=16, policy="class_balanced")
     probe = _Probe(kd)
     _train(_strategy(_mlp(), [kd, probe], epochs=1), digits, experiences={0, 1})
     assert probe.seen, "nothing was replayed in the second experience"
@@ -187,9 +223,9 @@ class _KDTrace(SupervisedPlugin):
         self.widths = []
 
     def before_backward(self, strategy, **kwargs):
-        if self.kd.replay is not None and self.kd.teacher is not None:
-            teacher_logits, mask = self.kd.teacher.logits(self.kd.replay.sample.x, self.kd.replay.sample.task)
-            self.widths.append((self.kd.replay.student_logits.shape[1], teacher_logits.shape[1], int(mask.sum())))
+        step = self.kd.replay
+        if step is not None and step.teacher_logits is not None:
+            self.widths.append((step.student_logits.shape[1], step.teacher_logits.shape[1], step.teacher_mask))
 
 
 def test_growing_incremental_classifier_distils_only_the_teachers_classes(digits):
@@ -198,9 +234,10 @@ def test_growing_incremental_classifier_distils_only_the_teachers_classes(digits
     model = _IncrementalNet()
     _train(_strategy(model, [kd, trace], epochs=1), digits, experiences={0, 1, 2})
     assert model.classifier.classifier.out_features == 6
-    # Experience 1: student has 4 outputs, teacher 2; experience 2: student 6, teacher 4.
+    # Experience 1: student has 4 outputs, teacher 2; experience 2: student 6, teacher 4:
+    # every one of the teacher's outputs is a target, the student's new ones are not.
     assert {(s, t) for s, t, _ in trace.widths} == {(4, 2), (6, 4)}
-    assert all(0 < known <= 8 * t for _, t, known in trace.widths)
+    assert all(mask is None for _, _, mask in trace.widths)
 
 
 class _MultiHeadNet(MultiTaskModule):
@@ -213,20 +250,43 @@ class _MultiHeadNet(MultiTaskModule):
         return self.classifier(self.features(x), task_label)
 
 
-def test_multi_head_model_trains_with_distillation_on_each_head():
+def test_multi_head_model_distils_each_replayed_sample_on_its_own_head():
     stream = make_stream("split-digits", seed=0, task_labels=True)
-    kd = KDReplayPlugin(mem_size=60, replay_batch_size=12, policy="reservoir")
-    seen_tasks = []
+    kd = KDReplayPlugin(mem_size=60, replay_batch_size=12, policy="reservoir", alpha=0.7, temperature=3.0, beta=0.0)
+    checked, unseen = [], []
 
-    class Spy(SupervisedPlugin):
+    class Before(SupervisedPlugin):
         def before_backward(self, strategy, **kwargs):
-            if kd.replay is not None and kd.teacher is not None:
-                seen_tasks.append(set(kd.replay.sample.task.tolist()))
+            self.loss = float(strategy.loss)
+
+    before = Before()
+
+    class After(SupervisedPlugin):
+        def before_backward(self, strategy, **kwargs):
+            step = kd.replay
+            if step is None or kd.teacher is None:
+                return
+            # Hand computation: each row's KL on its own task's head of the frozen teacher.
+            total = 0.0
+            for r in range(step.x.shape[0]):
+                task = int(step.sample.task[r])
+                if not kd.teacher.known_tasks[task:].any():
+                    continue  # a task the teacher has no head for: no target, counts as 0
+                with torch.no_grad():
+                    z_t = kd.teacher.model(step.x[r : r + 1], torch.tensor([task]))[0].double()
+                z_s = step.student_logits[r, : z_t.shape[0]].detach().double()
+                p_t = torch.softmax(z_t / 3.0, 0)
+                total += 9.0 * float((p_t * (p_t.log() - torch.log_softmax(z_s / 3.0, 0))).sum())
+            expected = 0.7 * total / step.x.shape[0]
+            assert float(strategy.loss) - before.loss == pytest.approx(expected, rel=1e-4, abs=1e-6)
+            checked.append(set(step.sample.task.tolist()))
+            unseen.append(bool((step.sample.task >= kd.teacher.known_tasks.shape[0]).any()))
 
     model = _MultiHeadNet()
-    rows = _train(_strategy(model, [kd, Spy()], epochs=1), stream, experiences={0, 1, 2})
-    assert len(rows) == 3
-    assert any(len(tasks) > 1 for tasks in seen_tasks)  # replay batches mix heads
+    _train(_strategy(model, [before, kd, After()], epochs=1), stream, experiences={0, 1, 2})
+    assert len(checked) > 10
+    assert any(len(tasks) > 1 for tasks in checked)  # replay batches mix heads
+    assert any(unseen)  # and hold samples of the current task, which no teacher head knows
     assert kd.teacher.known_tasks.tolist() == [True, True, True]
 
 
@@ -279,7 +339,7 @@ print("ROWS", (start, _train(strategy, make_stream("split-digits", seed=0), expe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy, teacher", [("class_balanced", "snapshot"), ("reservoir", "cached")])
+@pytest.mark.parametrize("policy, teacher", [("class_balanced", "snapshot"), ("reservoir", "cached"), ("reservoir", "ema")])
 def test_checkpoint_round_trip_in_a_new_process_matches_uninterrupted_run(tmp_path, digits, policy, teacher):
     from avalanche.checkpointing import save_checkpoint
 
@@ -319,7 +379,7 @@ def test_plugin_trains_on_cuda(digits):
 
 @pytest.mark.parametrize("teacher, refreshed", [("own", False), ("cached", True)])
 def test_cached_logits_are_refreshed_or_kept_from_the_samples_own_experience(digits, teacher, refreshed):
-    kd = KDReplayPlugin(mem_size=60, teacher=teacher, beta=1.0, known_classes_only=False)
+    kd = KDReplayPlugin(mem_size=60, teacher=teacher, beta=1.0, policy="class_balanced")
     strategy = _strategy(_mlp(), [kd], epochs=1)
     _train(strategy, digits, experiences={0})
     x0, logits0 = kd.buffer.x.clone(), kd.buffer.logits.clone()
@@ -333,8 +393,8 @@ def test_cached_logits_are_refreshed_or_kept_from_the_samples_own_experience(dig
     assert kd.buffer.logits_mask.all()
 
 
-def test_current_classes_only_masks_old_classes_for_the_current_loss(digits):
-    kd = KDReplayPlugin(mem_size=60, replay_batch_size=8, beta=1.0, current_classes_only=True)
+def test_asymmetric_cross_entropy_masks_old_classes_for_the_current_loss(digits):
+    kd = KDReplayPlugin(mem_size=60, replay_batch_size=8, beta=1.0, policy="class_balanced")
     seen = []
 
     class Spy(SupervisedPlugin):
@@ -342,7 +402,7 @@ def test_current_classes_only_masks_old_classes_for_the_current_loss(digits):
             if kd.replay is not None:
                 seen.append((strategy.mb_output.detach().clone(), kd.replay.student_logits.detach().clone()))
 
-    _train(_strategy(_mlp(), [kd, Spy()], epochs=1), digits, experiences={0, 1})
+    _train(_strategy(_mlp(), [kd, AsymmetricCrossEntropyPlugin(), Spy()], epochs=1), digits, experiences={0, 1})
     assert seen
     for current, replayed in seen:
         # Experience 1 holds classes 2 and 3: every other logit of a current row is masked.
@@ -353,23 +413,23 @@ def test_current_classes_only_masks_old_classes_for_the_current_loss(digits):
 
 
 class _LwFProbe(SupervisedPlugin):
-    """Checks, at each step, the loss the KD plugin added on the current samples."""
+    """Checks, at each step, the loss the LwF plugin added on the current samples."""
 
-    def __init__(self, kd):
+    def __init__(self, lwf):
         super().__init__()
-        self.kd = kd
+        self.lwf = lwf
         self.checked = 0
 
     def before_backward(self, strategy, **kwargs):
-        if self.kd.teacher is None:
+        if self.lwf.teacher is None:
             return
         from ckd.losses import soft_kl
 
-        x, y, t = self.kd._current
+        x, y = strategy.mb_x, strategy.mb_y
         with torch.no_grad():
-            teacher = self.kd.teacher.model(x)
+            teacher = self.lwf.teacher.model(x)
         old = torch.zeros(10, dtype=torch.bool)
-        old[self.kd.seen_classes[0].nonzero().squeeze(1)] = True
+        old[self.lwf.seen_classes[0].nonzero().squeeze(1)] = True
         expected = nn.functional.cross_entropy(strategy.mb_output, y) + 0.5 * soft_kl(
             strategy.mb_output, teacher, 2.0, old
         )
@@ -378,24 +438,39 @@ class _LwFProbe(SupervisedPlugin):
 
 
 def test_current_data_distillation_is_lwf_on_the_teachers_classes(digits):
-    kd = KDReplayPlugin(alpha=0.0, beta=0.0, current_alpha=0.5, temperature=2.0, known_classes_only=False)
-    probe = _LwFProbe(kd)
-    _train(_strategy(_mlp(), [kd, probe], epochs=1), digits, experiences={0, 1})
+    lwf = CurrentDistillationPlugin(alpha=0.5, temperature=2.0)
+    probe = _LwFProbe(lwf)
+    _train(_strategy(_mlp(), [lwf, probe], epochs=1), digits, experiences={0, 1})
     assert probe.checked > 0
-    assert len(kd.buffer) == 0  # no replay term, no memory
 
 
-def test_current_alpha_needs_the_teacher_model():
-    with pytest.raises(ValueError, match="current_alpha > 0 needs teacher='snapshot'"):
-        KDReplayPlugin(current_alpha=1.0, teacher="cached")
-    with pytest.raises(ValueError, match="current_alpha must be >= 0, got -1"):
-        KDReplayPlugin(current_alpha=-1)
+def test_current_data_distillation_shares_the_kd_plugins_teacher(digits):
+    kd = KDReplayPlugin(mem_size=60)
+    lwf = CurrentDistillationPlugin(alpha=0.5, kd=kd)
+    _train(_strategy(_mlp(), [kd, lwf], epochs=1), digits, experiences={0, 1})
+    assert lwf.teacher is kd.teacher and lwf.own is None
 
 
-def _final_weights(stream, **kwargs):
+def test_current_alpha_needs_a_teacher_model():
+    from ckd.methods import make_strategy, TrainSettings
+
+    settings = TrainSettings(0.1, 10, 1, 100, "cpu")
+    with pytest.raises(ValueError, match="current_alpha > 0 needs a teacher model"):
+        make_strategy("kd-replay-lwf", _mlp(), settings, {**_kd_args(), "current_alpha": 1.0, "teacher": "cached"})
+    with pytest.raises(ValueError, match="alpha must be >= 0, got -1"):
+        CurrentDistillationPlugin(alpha=-1)
+
+
+def _kd_args():
+    from ckd.methods import resolve_method_args
+
+    return resolve_method_args("kd-replay-lwf")
+
+
+def _final_weights(stream, teacher=None, **kwargs):
     torch.manual_seed(0)
     model = _mlp()
-    strategy = _strategy(model, [KDReplayPlugin(mem_size=100, beta=1.0, **kwargs)], epochs=1)
+    strategy = _strategy(model, [KDReplayPlugin(mem_size=100, beta=1.0, teacher=teacher, **kwargs)], epochs=1)
     _train(strategy, stream, experiences=range(3))
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -418,15 +493,16 @@ def test_per_experience_alpha_shorter_than_the_stream_is_a_clear_error(digits):
 
 
 def test_several_teachers_keep_the_last_snapshots_and_one_teacher_is_kd_replay(digits):
-    plugin = KDReplayPlugin(mem_size=100, n_teachers=2)
+    ensemble = EnsembleTeacher(n_teachers=2)
+    plugin = KDReplayPlugin(mem_size=100, teacher=ensemble)
     _train(_strategy(_mlp(), [plugin], epochs=1), digits, experiences=range(3))
-    assert plugin.teachers.experiences == [1, 2]
-    assert plugin.teacher is plugin.teachers.teachers[-1]
-    assert all(not t.model.training for t in plugin.teachers.teachers)
-    one = _final_weights(digits, n_teachers=1, ensemble="average")
+    assert ensemble.teachers.experiences == [1, 2]
+    assert plugin.teacher is ensemble.teachers.teachers[-1]
+    assert all(not t.model.training for t in ensemble.teachers.teachers)
+    one = _final_weights(digits, teacher=EnsembleTeacher(n_teachers=1, ensemble="average"))
     assert torch.equal(one, _final_weights(digits))
-    for ensemble in ("own", "average"):
-        assert not torch.equal(_final_weights(digits, n_teachers=3, ensemble=ensemble), one)
+    for kind in ("own", "average"):
+        assert not torch.equal(_final_weights(digits, teacher=EnsembleTeacher(n_teachers=3, ensemble=kind)), one)
 
 
 def test_distillation_metrics_report_student_against_teacher_during_eval(digits):
@@ -436,7 +512,7 @@ def test_distillation_metrics_report_student_against_teacher_during_eval(digits)
     from ckd.evaluation import DistillationMetrics
 
     torch.manual_seed(0)
-    kd = KDReplayPlugin(mem_size=100, beta=1.0)
+    kd = KDReplayPlugin(mem_size=100, beta=1.0, temperature=2.0)
     model = _mlp()
     strategy = Naive(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
@@ -466,7 +542,7 @@ def test_distillation_metrics_report_student_against_teacher_during_eval(digits)
 def test_memory_bytes_count_the_buffer_and_each_stored_teacher(digits):
     model = _mlp()
     params = sum(p.numel() for p in model.parameters()) * 4
-    kd = KDReplayPlugin(mem_size=100, n_teachers=2)
+    kd = KDReplayPlugin(mem_size=100, teacher=EnsembleTeacher(n_teachers=2))
     cached = KDReplayPlugin(mem_size=100, teacher="cached")
     _train(_strategy(model, [kd], epochs=1), digits, experiences=range(3))
     _train(_strategy(_mlp(), [cached], epochs=1), digits, experiences=range(2))
@@ -475,3 +551,64 @@ def test_memory_bytes_count_the_buffer_and_each_stored_teacher(digits):
     assert kd.memory_bytes() == {"buffer": buffer, "teachers": 2 * params}
     # Cached logits replace the model: 10 float32 logits and 10 mask bytes per row.
     assert cached.memory_bytes() == {"buffer": buffer + 101 * (10 * 4 + 10), "teachers": 0}
+
+
+def test_logit_matching_adds_the_mse_to_the_teachers_targets(digits):
+    kd = KDReplayPlugin(mem_size=60, replay_batch_size=8, beta=0.0)
+    logits = LogitMatchingPlugin(kd, weight=0.5)
+    checked = []
+
+    class Before(SupervisedPlugin):
+        def before_backward(self, strategy, **kwargs):
+            self.loss = float(strategy.loss)
+
+    before = Before()
+
+    class After(SupervisedPlugin):
+        def before_backward(self, strategy, **kwargs):
+            step = kd.replay
+            if step is None or step.teacher_logits is None:
+                return
+            from ckd.losses import soft_kl
+
+            s, t = step.student_logits.detach(), step.teacher_logits
+            kl = float(soft_kl(s, t, kd.config.temperature))
+            mse = float(((s - t) ** 2).sum()) / s.numel()
+            assert float(strategy.loss) - before.loss == pytest.approx(kl + 0.5 * mse, rel=1e-5)
+            checked.append(mse)
+
+    _train(_strategy(_mlp(), [before, kd, logits, After()], epochs=1), digits, experiences={0, 1})
+    assert checked and max(checked) > 0
+
+
+def test_ema_evaluation_scores_the_averaged_weights_and_restores_the_trained_ones(digits):
+    from ckd.weight_averaging import EMAEvaluationPlugin, evaluation_model
+
+    ema = EMAEvaluationPlugin(half_life=0.2)
+    model = _mlp()
+    strategy = _strategy(model, [KDReplayPlugin(mem_size=60), ema], epochs=1)
+    assert evaluation_model(strategy) == (model, "model")  # nothing averaged yet
+    _train(strategy, digits, experiences={0, 1})
+    trained = [p.detach().clone() for p in model.parameters()]
+    averaged = [p.detach().clone() for p in ema.model.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(trained, averaged))
+    assert evaluation_model(strategy) == (ema.model, "ema")
+
+    class Spy(SupervisedPlugin):
+        def before_eval_iteration(self, strategy, **kwargs):
+            self.weights = [p.detach().clone() for p in strategy.model.parameters()]
+
+    spy = Spy()
+    strategy.plugins.append(spy)
+    strategy.eval(digits.benchmark.test_stream[:1])
+    assert all(torch.equal(a, b) for a, b in zip(spy.weights, averaged))  # evaluated with the EMA
+    assert all(torch.equal(a, p) for a, p in zip(trained, model.parameters()))  # then put back
+
+
+@pytest.mark.slow
+def test_ema_teacher_and_ema_evaluation_reduce_forgetting_on_split_digits():
+    from ckd.weight_averaging import EMAEvaluationPlugin
+
+    naive, _ = _final_accuracy([])
+    online, _ = _final_accuracy([KDReplayPlugin(mem_size=100, teacher="ema"), EMAEvaluationPlugin()])
+    assert online - naive > 0.5

@@ -4,7 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from ckd.teacher import Teacher, TeacherSet
+from ckd.teacher import (
+    CachedTeacher,
+    EMATeacher,
+    EMAWeights,
+    FrozenModel as Teacher,
+    SnapshotTeacher,
+    TeacherSet,
+    decay_for_half_life,
+    make_teacher,
+)
 
 
 def _model():
@@ -42,7 +51,7 @@ def test_teacher_outputs_are_deterministic_and_usable_as_targets():
 
 def test_class_mask_follows_each_samples_task():
     known = torch.tensor([[True, True, False, False], [False, False, True, True]])
-    teacher = Teacher(_model(), known)
+    teacher = Teacher(_model(), known, known_classes_only=True)
     mask = teacher.class_mask(torch.tensor([1, 0, 2]), 6)
     assert mask.tolist() == [
         [False, False, True, True, False, False],
@@ -51,9 +60,9 @@ def test_class_mask_follows_each_samples_task():
     ]
 
 
-def test_all_outputs_mode_targets_every_class_of_seen_tasks():
+def test_by_default_every_output_of_a_seen_task_is_a_target():
     known = torch.tensor([[True, True, False]])
-    teacher = Teacher(_model(), known, known_classes_only=False)
+    teacher = Teacher(_model(), known)
     logits, mask = teacher.logits(torch.randn(4, 4), torch.zeros(4, dtype=torch.long))
     assert mask is None and logits.shape == (4, 3)
     assert teacher.class_mask(torch.tensor([0, 1]), 3).tolist() == [[True] * 3, [False] * 3]
@@ -116,3 +125,93 @@ def test_teacher_set_keeps_the_last_snapshots():
         TeacherSet(0)
     with pytest.raises(RuntimeError, match="no teacher yet"):
         TeacherSet(1).soft_targets(torch.randn(1, 4), torch.zeros(1, dtype=torch.long), torch.tensor([0]), 1.0)
+
+
+def test_ema_update_matches_a_hand_computation():
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model.bias.fill_(0.5)
+    ema = EMAWeights(half_life=0.5)
+    ema.start_experience(model, steps=4)  # half-life 2 steps: decay 0.5 ** (1/2)
+    decay = 0.5 ** 0.5
+    assert ema.decay == pytest.approx(decay)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, -2.0]]))
+        model.bias.fill_(1.5)
+    ema.update()
+    # θ_e ← λ·θ_e + (1 − λ)·θ
+    expected_w = [decay * 1.0 + (1 - decay) * 3.0, decay * 2.0 + (1 - decay) * -2.0]
+    assert ema.model.weight[0].tolist() == pytest.approx(expected_w, rel=1e-6)
+    assert float(ema.model.bias) == pytest.approx(decay * 0.5 + (1 - decay) * 1.5, rel=1e-6)
+    ema.update()  # a second step moves it the same fraction again
+    assert float(ema.model.bias) == pytest.approx(1.5 - decay**2 * 1.0, rel=1e-6)
+    assert not ema.model.weight.requires_grad
+
+
+def test_half_life_is_a_fraction_of_the_experiences_steps():
+    assert decay_for_half_life(0.3, 1000) ** 300 == pytest.approx(0.5)
+    assert decay_for_half_life(1.0, 50) ** 50 == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="half_life must be > 0"):
+        EMAWeights(half_life=0)
+    with pytest.raises(ValueError, match=r"update_probability must be in \(0, 1\]"):
+        EMAWeights(update_probability=0.0)
+
+
+def test_stochastic_ema_update_applies_each_step_with_its_probability():
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMAWeights(half_life=1.0, update_probability=0.25, seed=3)
+    ema.start_experience(model, steps=1)  # decay 0.5: an applied step halves the distance
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    applied = 0
+    for _ in range(2000):
+        before = float(ema.model.weight)
+        ema.update()
+        applied += float(ema.model.weight) != before
+        ema.model.weight.data.fill_(0.0)
+    assert 0.2 < applied / 2000 < 0.3
+
+
+def test_ema_keeps_parameters_that_match_when_the_model_grows():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    ema = EMAWeights(half_life=0.5)
+    ema.start_experience(model, steps=2)
+    ema.update()
+    first = ema.model[0].weight.clone()
+    model[1] = nn.Linear(2, 3)  # a head that grew
+    ema.start_experience(model, steps=2)
+    assert torch.equal(ema.model[0].weight, first)
+    assert ema.model[1].weight.shape == (3, 2)
+
+
+def test_ema_teacher_follows_the_student_and_gives_its_logits_after_an_experience():
+    student = nn.Linear(4, 3)
+    teacher = make_teacher("ema", half_life=0.5)
+    assert isinstance(teacher, EMATeacher) and not teacher.ready
+    teacher.before_training_exp(student, steps=2)
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    teacher.after_training_iteration(student)
+    teacher.after_training_exp(student, torch.ones(1, 3, dtype=torch.bool), None)
+    assert teacher.ready
+    x = torch.randn(5, 4)
+    sample = type("S", (), {"task": torch.zeros(5, dtype=torch.long)})()
+    logits, mask = teacher.soft_targets(sample, x)
+    assert mask is None
+    assert torch.allclose(logits, teacher.weights.model(x))
+    assert not torch.allclose(logits, student(x))
+
+
+def test_snapshot_teacher_releases_the_old_copy_and_cached_teacher_keeps_no_model():
+    snapshot = SnapshotTeacher()
+    model = _model()
+    snapshot.after_training_exp(model, torch.ones(1, 3, dtype=torch.bool), None)
+    first = snapshot.model
+    snapshot.after_training_exp(model, torch.ones(1, 3, dtype=torch.bool), None)
+    assert snapshot.model is not first and snapshot.model.model is not model
+    assert CachedTeacher().model is None and CachedTeacher().nbytes == 0
+    with pytest.raises(ValueError, match="teacher must be one of"):
+        make_teacher("oracle")

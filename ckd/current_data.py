@@ -1,0 +1,101 @@
+"""Plugins on the current stream samples that compose with :class:`ckd.plugins.KDReplayPlugin`."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.models.dynamic_modules import MultiTaskModule
+from avalanche.models.utils import avalanche_forward
+from torch import Tensor
+
+from ckd.losses import check_temperature, soft_kl
+from ckd.plugins import KDReplayPlugin, mark_seen_classes, per_experience
+from ckd.teacher import SnapshotTeacher
+
+__all__ = ["AsymmetricCrossEntropyPlugin", "CurrentDistillationPlugin"]
+
+
+class CurrentDistillationPlugin(SupervisedPlugin):
+    """Distillation on the *current* samples (LwF, Li & Hoiem 2016, with the T² factor):
+    ``alpha · soft_kl(z_s, z_t, T)`` against the model frozen after the previous
+    experience, on the classes it was trained on.
+
+    kd: share the teacher of a :class:`KDReplayPlugin` in the same strategy (placed
+    before this plugin); without one the plugin keeps its own snapshot. alpha may be
+    one value per experience.
+    """
+
+    def __init__(
+        self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0, kd: KDReplayPlugin | None = None
+    ) -> None:
+        super().__init__()
+        check_temperature(temperature)
+        if isinstance(alpha, Sequence):
+            alpha = tuple(float(a) for a in alpha)
+            if not alpha:
+                raise ValueError("alpha as a per-experience list must not be empty")
+        for value in alpha if isinstance(alpha, tuple) else (alpha,):
+            if not value >= 0:
+                raise ValueError(f"alpha must be >= 0, got {value}")
+        self.alpha = alpha
+        self.temperature = temperature
+        self.kd = kd
+        self.own = SnapshotTeacher() if kd is None else None
+        self.seen_classes = torch.zeros(0, 0, dtype=torch.bool)
+        self._alpha = 0.0
+
+    @property
+    def teacher(self):
+        return self.kd.teacher if self.kd is not None else self.own.model
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        self._alpha = per_experience(self.alpha, strategy.experience.current_experience, "alpha")
+        if self.own is not None:
+            self.own.bind(avalanche_forward, isinstance(strategy.model, MultiTaskModule))
+            self.own.to(strategy.device)
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        if self.own is not None:
+            self.seen_classes = mark_seen_classes(self.seen_classes, strategy.experience)
+            self.own.after_training_exp(strategy.model, self.seen_classes, None)
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        teacher = self.teacher
+        if self._alpha == 0 or teacher is None:
+            return
+        logits = self.kd.current_logits if self.kd is not None else strategy.mb_output
+        x, t = strategy.mb_x, strategy.mb_task_id
+        teacher_logits, _ = teacher.logits(x, t)
+        mask = teacher.known_class_mask(t, teacher_logits.shape[1])
+        strategy.loss += self._alpha * soft_kl(logits, teacher_logits, self.temperature, mask)
+
+
+class AsymmetricCrossEntropyPlugin(SupervisedPlugin):
+    """The strategy's loss on the current samples sees only the logits of the current
+    experience's classes, so learning new classes does not push old ones down
+    (ER-ACE, Caccia et al., 2022); from the second experience on. Replayed rows keep
+    the whole head: place it after a :class:`KDReplayPlugin`, which splits them off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: Tensor | None = None
+        self._masks: dict[int, Tensor] = {}
+        self._active = False
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        self._active = strategy.experience.current_experience > 0
+        self._classes = torch.as_tensor(list(strategy.experience.classes_in_this_experience), dtype=torch.long)
+        self._masks = {}
+
+    def after_forward(self, strategy, **kwargs) -> None:
+        if not self._active:
+            return
+        out = strategy.mb_output
+        drop = self._masks.get(out.shape[1])
+        if drop is None:  # once per experience and head width
+            drop = torch.ones(out.shape[1], dtype=torch.bool)
+            drop[self._classes[self._classes < out.shape[1]]] = False
+            drop = self._masks.setdefault(out.shape[1], drop.to(out.device))
+        strategy.mb_output = out.masked_fill(drop, torch.finfo(out.dtype).min / 4)
