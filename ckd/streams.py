@@ -925,15 +925,20 @@ def stream_from_benchmark(benchmark, name: str) -> Stream:
 
 
 def _user_stream(name: str, root: Path, options: StreamOptions) -> Stream:
-    """The stream ``package.module:function`` returns (a :class:`Stream` or an Avalanche benchmark)."""
+    """The stream ``package.module:function`` returns (a :class:`Stream` or an Avalanche benchmark).
+
+    It gets ``seed``, ``data_root`` and ``checksum`` if it declares them, and each
+    other option the user set (``n_experiences=4``...), which it must declare.
+    """
     from dataclasses import asdict
 
     from ckd.user_code import call_with_accepted, load_callable
 
     function = load_callable(name, "stream")
-    given = {**asdict(options), "data_root": root}
-    defaults = {**asdict(StreamOptions()), "seed": options.seed, "data_root": root, "checksum": options.checksum}
-    built = call_with_accepted(function, name, given, defaults)
+    always = {"seed": options.seed, "data_root": root, "checksum": options.checksum}
+    unset = asdict(StreamOptions())
+    chosen = {k: v for k, v in asdict(options).items() if k not in always and v != unset[k]}
+    built = call_with_accepted(function, name, {**always, **chosen}, always)
     if isinstance(built, Stream):
         return built
     if not hasattr(built, "train_stream") or not hasattr(built, "test_stream"):

@@ -11,6 +11,7 @@ import gzip
 import os
 import shutil
 import socket
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -87,7 +88,10 @@ def tiny(name: str, root: Path, **kwargs) -> Stream:
 
 
 def test_available_streams():
-    assert available_streams() == ["permuted-mnist", "rotated-mnist", "split-digits", "split-fmnist", "split-mnist"]
+    assert available_streams() == [
+        "permuted-mnist", "rotated-mnist", "split-cifar10", "split-cifar100", "split-digits", "split-fmnist",
+        "split-mnist", "split-tinyimagenet",
+    ]
 
 
 def test_unknown_name_lists_available_streams():
@@ -476,3 +480,183 @@ def test_nothing_touches_the_network(monkeypatch, tmp_path):
     if root and (Path(root) / "MNIST" / "raw" / MNIST_FILES[0]).is_file():
         streams._decoded.clear()
         tiny("rotated-mnist", Path(root), n_experiences=2)
+
+
+# ------------------------------------------- CIFAR and Tiny ImageNet (synthetic archives)
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    """Synthetic CIFAR-10, CIFAR-100 and Tiny ImageNet in their real formats (see tests/archives.py)."""
+    from archives import write_cifar10, write_cifar100, write_tinyimagenet
+
+    root = tmp_path_factory.mktemp("images")
+    write_cifar10(root, train_per_class=10, test_per_class=4)
+    write_cifar100(root, train_per_class=3, test_per_class=1)
+    write_tinyimagenet(root, train_per_class=2, val_per_class=1)
+    return root
+
+
+def pixels_255(stream: Stream, x: torch.Tensor) -> torch.Tensor:
+    """Undo the stream's normalisation: ``x (N, C, H, W)`` back to 0..255."""
+    mean = torch.tensor(stream.normalization.mean).view(1, -1, 1, 1)
+    std = torch.tensor(stream.normalization.std).view(1, -1, 1, 1)
+    return (x * std + mean) * 255
+
+
+def test_split_cifar10_classes_shapes_and_pixels(image_root):
+    from archives import cifar_pixel
+
+    stream = make_stream("split-cifar10", data_root=image_root, checksum=False)
+    assert stream.classes_per_experience == SPLIT_CLASSES and stream.n_classes == 10
+    assert stream.input_shape == (3, 32, 32) and stream.scenario == "class-il"
+    assert stream.normalization.mean == (0.4914, 0.4822, 0.4465)
+    assert stream.augmentation.padding == 4 and stream.augmentation.flip_probability == 0.5
+    assert stream.augmentation.fill == pytest.approx(stream.normalization.black)
+    seen = set()
+    for i, classes in enumerate(SPLIT_CLASSES):
+        for split, experience in ((0, stream.benchmark.train_stream[i]), (1, stream.benchmark.test_stream[i])):
+            x, y, task = load_all(experience.dataset)
+            assert x.shape == ((20 if split == 0 else 8), 3, 32, 32) and x.dtype == torch.float32
+            assert sorted(set(y.tolist())) == classes and not task.any()
+            values = pixels_255(stream, x)
+            assert (values - values.round()).abs().max() < 1e-3  # exact bytes, normalised
+            colours = values[:, :, 0, 0].round().long()
+            assert torch.equal(colours[:, 0], y)  # the red channel encodes the label the file gave
+            assert (colours[:, 2] == 128 * split).all()
+            assert (values == values[:, :, :1, :1]).all()  # channel-major decoding keeps images constant
+            seen |= {(split, int(c[0]), int(c[1])) for c in colours}
+    expected = {(0, k, i) for k in range(10) for i in range(10)} | {(1, k, i) for k in range(10) for i in range(4)}
+    assert seen == {(s, *cifar_pixel(s, k, i)[:2]) for s, k, i in expected}
+    x, y, _ = stream.test_tensors(4)
+    assert torch.equal(x, load_all(stream.benchmark.test_stream[4].dataset)[0]) and set(y.tolist()) == {8, 9}
+
+
+def test_split_cifar10_task_incremental(image_root):
+    stream = make_stream("split-cifar10", data_root=image_root, checksum=False, task_labels=True)
+    assert stream.scenario == "task-il"
+    assert [int(load_all(e.dataset)[2].unique()) for e in stream.benchmark.train_stream] == [0, 1, 2, 3, 4]
+
+
+def test_split_cifar100_experiences(image_root):
+    stream = make_stream("split-cifar100", data_root=image_root, checksum=False)
+    assert stream.n_experiences == 10 and stream.n_classes == 100
+    assert stream.classes_per_experience[3] == list(range(30, 40))
+    x, y, _ = load_all(stream.benchmark.train_stream[3].dataset)
+    assert x.shape == (30, 3, 32, 32) and sorted(set(y.tolist())) == list(range(30, 40))
+    assert torch.equal(pixels_255(stream, x)[:, 0, 0, 0].round().long(), y)
+    assert stream.normalization.std == (0.2675, 0.2565, 0.2761)
+    five = make_stream("split-cifar100", data_root=image_root, checksum=False, n_experiences=5)
+    assert five.classes_per_experience[1] == list(range(20, 40))
+    with pytest.raises(ValueError, match="divide 100"):
+        make_stream("split-cifar100", data_root=image_root, checksum=False, n_experiences=3)
+
+
+def test_split_tinyimagenet_reads_wnids_order_and_validation_annotations(image_root):
+    from archives import tiny_colour, tiny_wnids
+
+    assert tiny_wnids()[:3] != sorted(tiny_wnids())[:3]  # the order to follow is the file's, not sorted
+    stream = make_stream("split-tinyimagenet", data_root=image_root, checksum=False)
+    assert stream.n_experiences == 10 and stream.n_classes == 200 and stream.input_shape == (3, 64, 64)
+    assert stream.classes_per_experience[9] == list(range(180, 200))
+    assert stream.normalization.mean == (0.4802, 0.4480, 0.3975)
+    x, y, _ = load_all(stream.benchmark.train_stream[0].dataset)
+    assert x.shape == (40, 3, 64, 64)
+    centre = pixels_255(stream, x)[:, :, 32, 32]
+    expected = torch.tensor([tiny_colour(0, k, i) for k in range(20) for i in range(2)], dtype=torch.float32)
+    expected[0::2] = expected[0::2, :1]  # image 0 of each class is grayscale: R copied to G and B
+    assert torch.equal(y, torch.arange(20).repeat_interleave(2))  # files in class order, then by name
+    assert (centre - expected).abs().max() < 6  # JPEG rounding
+    xv, yv, _ = stream.test_tensors(2)
+    assert sorted(yv.tolist()) == list(range(40, 60))
+    colours = pixels_255(stream, xv)[:, :, 32, 32]
+    want = torch.tensor([tiny_colour(1, int(k), 0) for k in yv], dtype=torch.float32)
+    assert (colours - want).abs().max() < 6
+
+
+def test_image_checksums_and_missing_files(image_root, tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="corrupt") as err:
+        make_stream("split-cifar10", data_root=image_root)  # synthetic files are not the official ones
+    assert "md5" in str(err.value) and "--no-checksum" in str(err.value)
+    with pytest.raises(DatasetNotFoundError, match="500 training") as err:
+        make_stream("split-tinyimagenet", data_root=image_root)
+    for name, folder, files in (
+        ("split-cifar10", "cifar-10-batches-py", ["data_batch_1", "test_batch", "batches.meta"]),
+        ("split-cifar100", "cifar-100-python", ["train", "test", "meta"]),
+        ("split-tinyimagenet", "tiny-imagenet-200", ["wnids.txt", "val/val_annotations.txt"]),
+    ):
+        with pytest.raises(DatasetNotFoundError) as err:
+            make_stream(name, data_root=tmp_path, checksum=False)
+        for file in files:
+            assert str(tmp_path / folder / file) in str(err.value)
+        assert "--data-root" in str(err.value) and "CKD_DATA_ROOT" in str(err.value)
+    assert "16019d7e3df5f24257cddd939b257f8d" in str(
+        pytest.raises(DatasetNotFoundError, make_stream, "split-cifar100", data_root=tmp_path).value
+    )
+
+
+def test_cifar_file_with_the_wrong_content_is_rejected(tmp_path):
+    import pickle
+
+    from archives import write_cifar10
+
+    folder = write_cifar10(tmp_path, train_per_class=1, test_per_class=1)
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetNotFoundError, match="data_batch_3 is corrupt"):
+        make_stream("split-cifar10", data_root=tmp_path, checksum=False)
+    with (folder / "data_batch_3").open("wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(DatasetNotFoundError, match=r"expected \(N, 3072\)"):
+        make_stream("split-cifar10", data_root=tmp_path, checksum=False)
+
+
+def test_python2_pickles_with_str_keys_read_the_same(tmp_path):
+    """The official files are Python 2 pickles: with encoding='latin1' their keys load as str."""
+    import pickle
+
+    from archives import write_cifar10
+
+    folder = write_cifar10(tmp_path, train_per_class=2, test_per_class=2)
+    reference = make_stream("split-cifar10", data_root=tmp_path, checksum=False).test_tensors(0)
+    streams._decoded.clear()
+    entry = pickle.loads((folder / "test_batch").read_bytes())
+    with (folder / "test_batch").open("wb") as f:
+        pickle.dump({k.decode(): v for k, v in entry.items()}, f, protocol=2)
+    assert same(make_stream("split-cifar10", data_root=tmp_path, checksum=False).test_tensors(0), reference)
+
+
+def test_image_files_are_decoded_once_per_folder(image_root, monkeypatch):
+    make_stream("split-cifar100", data_root=image_root, checksum=False)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("CIFAR-100 files were read again")
+
+    monkeypatch.setattr(streams, "_unpickle", no_reading)
+    make_stream("split-cifar100", data_root=image_root, checksum=False, n_experiences=2, seed=4)
+
+
+def test_user_stream_from_package_module_function(tmp_path, monkeypatch):
+    (tmp_path / "my_streams.py").write_text(
+        "import torch\n"
+        "from avalanche.benchmarks import nc_benchmark\n"
+        "from torch.utils.data import TensorDataset\n"
+        "class Rows(TensorDataset):\n"
+        "    def __init__(self, x, y):\n"
+        "        super().__init__(x, y)\n"
+        "        self.targets = y.tolist()\n"
+        "def two_tasks(seed, n_experiences=2):\n"
+        "    g = torch.Generator().manual_seed(seed)\n"
+        "    x, y = torch.randn(40, 5, generator=g), torch.arange(40) % 4\n"
+        "    return nc_benchmark(Rows(x, y), Rows(x[:8], y[:8]), n_experiences, task_labels=False, seed=0,\n"
+        "                        fixed_class_order=[0, 1, 2, 3])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stream = make_stream("my_streams:two_tasks", seed=3)
+    assert stream.name == "my_streams:two_tasks" and stream.scenario == "class-il"
+    assert stream.classes_per_experience == [[0, 1], [2, 3]] and stream.n_classes == 4 and stream.input_shape == (5,)
+    x, y, _ = stream.test_tensors(1)
+    assert x.shape == (4, 5) and sorted(y.tolist()) == [2, 2, 3, 3]
+    assert make_stream("my_streams:two_tasks", seed=3, n_experiences=4).n_experiences == 4
+    with pytest.raises(ValueError, match="validation_fraction"):
+        make_stream("my_streams:two_tasks", validation_fraction=0.2)
+    sys.modules.pop("my_streams", None)
