@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,6 +35,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="folder holding the datasets (MNIST/, cifar-10-batches-py/, cifar-100-python/, "
                         "tiny-imagenet-200/; else $CKD_DATA_ROOT)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--logger", nargs="+", default=[], metavar="NAME",
+                   help="Avalanche loggers: text, csv, tensorboard, wandb (offline unless configured); "
+                        "they write under OUT/logs/<run>/")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -121,6 +125,8 @@ def _print_outcome(outcome, prefix: str = "", debug: bool = False) -> None:
         return
     result = json.loads(outcome.path.read_text())
     status = "ran" if outcome.ran else "kept (config unchanged)"
+    if result.get("diverged"):
+        status += f"; diverged (non-finite parameters) in experience {result['diverged_at_experience']}"
     print(
         f"{prefix}{result['stream']:<16} {result['label']:<20} seed {result['seed']}: "
         f"accuracy {100 * result['final_average_accuracy']:.2f}%  "
@@ -129,13 +135,21 @@ def _print_outcome(outcome, prefix: str = "", debug: bool = False) -> None:
     )
 
 
+def _scheduler(args):
+    from ckd.loggers import check_loggers
+    from ckd.scheduling import LocalScheduler
+
+    return LocalScheduler(
+        args.jobs, data_root=args.data_root, force=args.force, loggers=check_loggers(args.logger),
+        progress=not args.quiet,
+    )
+
+
 def _run_all(configs, args) -> list:
     """Run ``configs`` on this machine, ``args.jobs`` at a time, printing each as it finishes."""
-    from ckd.scheduling import LocalScheduler, run_all
+    from ckd.scheduling import run_all
 
-    scheduler = LocalScheduler(
-        args.jobs, data_root=args.data_root, force=args.force, progress=not args.quiet,
-    )
+    scheduler = _scheduler(args)
     done = []
 
     def report(outcome) -> None:
@@ -199,7 +213,6 @@ def _cmd_suite(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from ckd.runner import RunConfig
-    from ckd.scheduling import LocalScheduler
     from ckd.sweep import format_sweep, run_sweep
 
     common = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size).items() if v is not None}
@@ -207,9 +220,8 @@ def _cmd_sweep(args) -> int:
         stream=args.stream, method=args.method, device=args.device,
         validation_fraction=args.validation_fraction, method_args=_parse_sets(args.set), **common,
     )
-    scheduler = LocalScheduler(args.jobs, data_root=args.data_root, force=args.force, progress=not args.quiet)
     sweep = run_sweep(
-        base, args.temperature, args.alpha, args.seeds, out_dir=args.out, scheduler=scheduler, fmt=args.format,
+        base, args.temperature, args.alpha, args.seeds, out_dir=args.out, scheduler=_scheduler(args), fmt=args.format,
         on_outcome=lambda outcome: _print_outcome(outcome, debug=args.debug),
     )
     best = sweep.recommended
@@ -246,8 +258,17 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+# Third-party warnings that say nothing about a ckd run: qpsolvers, imported by
+# Avalanche's GEM plugin, warns at import that it found no solver (ckd uses none).
+_KNOWN_WARNINGS = (
+    ("no QP solver found", UserWarning),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    for message, category in _KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     commands = {"run": _cmd_run, "suite": _cmd_suite, "sweep": _cmd_sweep, "summary": _cmd_summary, "plot": _cmd_plot}
     try:
         return commands[args.command](args)

@@ -8,10 +8,12 @@ import os
 import platform
 import random
 import resource
+import shutil
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,13 +278,24 @@ def _params_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress: bool = False) -> dict[str, Any]:
+def run(
+    config: RunConfig,
+    data_root: str | os.PathLike | None = None,
+    progress: bool = False,
+    loggers: Sequence[str] = (),
+    log_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Train ``config.method`` over the stream and return the result record.
 
     A run whose parameters become NaN/inf is not an error: it is recorded with
     ``"diverged": true`` and the experience where it happened (the accuracies
     are what that model scores).
+
+    ``loggers``: names of Avalanche loggers (:data:`ckd.loggers.LOGGERS`) writing
+    under ``log_dir``. The strategy then also runs ``strategy.eval`` on the test
+    stream after each experience, to feed them; the result is the same.
     """
+    from ckd.loggers import close_loggers, make_loggers
     from ckd.methods import TrainSettings, make_strategy, resolve_method_args
     from ckd.amp import MixedPrecisionPlugin
     from ckd.augment import AugmentationPlugin
@@ -334,8 +347,12 @@ def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress:
             raise ValueError(
                 f"{key} is a per-experience list of {len(value)} values but {config.stream} has {n_exp} experiences"
             )
+    if loggers and log_dir is None:
+        raise ValueError("loggers need a log_dir to write to")
+    run_name = f"{config.stream}__{config.name}__seed{config.seed}"
+    avalanche_loggers = make_loggers(loggers, log_dir, run_name) if loggers else []
     strategy = make_strategy(
-        config.method, model, settings, method_args, seed=config.seed, extra_plugins=extra,
+        config.method, model, settings, method_args, seed=config.seed, extra_plugins=extra, loggers=avalanche_loggers,
         fast=config.loader == "tensor",
     )
     if diagnostics is not None:  # must see the teacher before the KD plugin replaces it
@@ -354,6 +371,8 @@ def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress:
                 strategy.train(train_stream)
                 row, task_row = evaluator.accuracies(strategy.model)
                 matrix, task_matrix = [row] * n_exp, [task_row] * n_exp
+                if avalanche_loggers:
+                    strategy.eval(stream.benchmark.test_stream)
                 times = [time.perf_counter() - t0]
                 if not _params_finite(strategy.model):
                     diverged_at = n_exp - 1
@@ -370,12 +389,14 @@ def run(config: RunConfig, data_root: str | os.PathLike | None = None, progress:
                     row, task_row = evaluator.accuracies(strategy.model)
                     matrix.append(row)
                     task_matrix.append(task_row)
+                    if avalanche_loggers:
+                        strategy.eval(stream.benchmark.test_stream)
                     if diverged_at is None and not _params_finite(strategy.model):
                         diverged_at = i
-                        warnings.warn(f"{config.name} diverged (non-finite parameters) in experience {i}")
     finally:
         if bar is not None:
             bar.close()
+        close_loggers(avalanche_loggers)
     wall = time.perf_counter() - start
 
     metrics = compute_metrics(matrix)
@@ -414,11 +435,13 @@ def run_to_file(
     data_root: str | os.PathLike | None = None,
     progress: bool = False,
     skip_existing: bool = True,
+    loggers: Sequence[str] = (),
 ) -> tuple[Path, bool]:
     """Run and write ``result_path(out_dir, config)`` atomically.
 
     Returns ``(path, ran)``. With ``skip_existing`` an existing result whose
-    config equals this one is kept and nothing runs.
+    config equals this one is kept and nothing runs. ``loggers`` (see :func:`run`)
+    write into ``out_dir/logs/<result file name without .json>/``, emptied first.
     """
     path = result_path(out_dir, config)
     if skip_existing and path.exists():
@@ -428,7 +451,10 @@ def run_to_file(
             existing = None
         if existing is not None and existing.get("config") == json.loads(json.dumps(config.resolved())):
             return path, False
-    result = run(config, data_root=data_root, progress=progress)
+    log_dir = Path(out_dir) / "logs" / path.stem
+    if loggers:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    result = run(config, data_root=data_root, progress=progress, loggers=loggers, log_dir=log_dir)
     write_json_atomic(path, result)
     return path, True
 

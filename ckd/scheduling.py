@@ -9,6 +9,9 @@ folder, keyed by result file name, and the entry is removed once that run succee
 :class:`LocalScheduler` runs on this machine, one process per parallel job. Another
 backend (a cluster) subclasses :class:`Scheduler` and implements ``_outcomes``,
 calling :func:`execute` wherever the run lands.
+
+The training stack (``ckd.runner``, Avalanche) is imported when a run executes, not
+with this module: a worker process first takes this process's warning filters.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ckd.errors import RunsFailed, one_line
 from ckd.files import write_json_atomic
-from ckd.runner import RunConfig, result_path, run_to_file
+
+if TYPE_CHECKING:
+    from ckd.runner import RunConfig
 
 __all__ = [
     "FAILURES_FILE",
@@ -67,14 +74,18 @@ def execute(
     data_root: str | os.PathLike | None = None,
     force: bool = False,
     progress: bool = False,
+    loggers: Sequence[str] = (),
 ) -> RunOutcome:
-    """Run ``config`` into ``out_dir`` (unless ``force``, an identical finished result is kept).
+    """Run ``config`` into ``out_dir`` (unless ``force``, an identical finished result is kept),
+    with the Avalanche ``loggers`` named (``ckd.runner.run_to_file``).
 
     A failed run is returned as an outcome with its error, not raised, so that a
     scheduler carries on with the others; ``KeyboardInterrupt`` still stops it.
     """
+    from ckd.runner import result_path, run_to_file
+
     try:
-        path, ran = run_to_file(config, out_dir, data_root, progress=progress, skip_existing=not force)
+        path, ran = run_to_file(config, out_dir, data_root, progress, skip_existing=not force, loggers=loggers)
     except Exception as err:
         return RunOutcome(config, result_path(out_dir, config), True, one_line(err), traceback.format_exc())
     return RunOutcome(config, path, ran)
@@ -84,12 +95,16 @@ class Scheduler(ABC):
     """Runs configs into an output folder; see the module docstring.
 
     ``data_root``: folder holding the datasets (else ``$CKD_DATA_ROOT``);
-    ``force``: re-run configs whose result already exists.
+    ``force``: re-run configs whose result already exists; ``loggers``: names of
+    Avalanche loggers for every run (``ckd.loggers.LOGGERS``).
     """
 
-    def __init__(self, *, data_root: str | os.PathLike | None = None, force: bool = False) -> None:
+    def __init__(
+        self, *, data_root: str | os.PathLike | None = None, force: bool = False, loggers: Sequence[str] = (),
+    ) -> None:
         self.data_root = data_root
         self.force = force
+        self.loggers = tuple(loggers)
 
     def run(self, configs: Sequence[RunConfig], out_dir: str | os.PathLike) -> Iterator[RunOutcome]:
         """Each config's outcome, in the order the runs finish; ``failures.json`` is
@@ -113,6 +128,8 @@ def run_all(
     """Run every config with ``scheduler``, calling ``on_outcome`` as each finishes; the
     outcomes in the order of ``configs``. Raises :class:`RunsFailed` once all have
     finished if any failed."""
+    from ckd.runner import result_path
+
     rank = {result_path(out_dir, c).name: k for k, c in enumerate(configs)}
     outcomes = []
     for outcome in scheduler.run(configs, out_dir):
@@ -136,24 +153,29 @@ class LocalScheduler(Scheduler):
         *,
         data_root: str | os.PathLike | None = None,
         force: bool = False,
+        loggers: Sequence[str] = (),
         progress: bool = False,
     ) -> None:
         if not isinstance(jobs, int) or jobs < 1:
             raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
-        super().__init__(data_root=data_root, force=force)
+        super().__init__(data_root=data_root, force=force, loggers=loggers)
         self.jobs = jobs
         self.progress = progress
 
     def _outcomes(self, configs: list[RunConfig], out_dir: Path) -> Iterator[RunOutcome]:
+        from ckd.runner import result_path
+
         if self.jobs == 1 or len(configs) <= 1:
             for config in configs:
-                yield execute(config, out_dir, self.data_root, self.force, self.progress)
+                yield execute(config, out_dir, self.data_root, self.force, self.progress, self.loggers)
             return
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and CUDA state
-        pool = ProcessPoolExecutor(min(self.jobs, len(configs)), mp_context=context, initializer=_die_with_parent)
+        pool = ProcessPoolExecutor(
+            min(self.jobs, len(configs)), mp_context=context, initializer=_start_worker, initargs=(_builtin_filters(),),
+        )
         try:
             futures: dict[Future, RunConfig] = {
-                pool.submit(execute, config, out_dir, self.data_root, self.force, False): config
+                pool.submit(execute, config, out_dir, self.data_root, self.force, False, self.loggers): config
                 for config in configs
             }
             for future in as_completed(futures):
@@ -167,8 +189,17 @@ class LocalScheduler(Scheduler):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _die_with_parent() -> None:
-    """A killed schedule must not leave its workers running (Linux: ``PR_SET_PDEATHSIG``)."""
+def _builtin_filters() -> list:
+    """This process's warning filters on Python's own warning classes (a filter on a
+    library's class would import that library in the worker before the filters apply)."""
+    return [f for f in warnings.filters if f[2].__module__ == "builtins"]
+
+
+def _start_worker(filters: list) -> None:
+    """A worker takes the warning filters of the process that started it (see
+    :func:`_builtin_filters`), and dies with it: a killed schedule must not leave
+    workers running (Linux: ``PR_SET_PDEATHSIG``)."""
+    warnings.filters[:] = filters
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
