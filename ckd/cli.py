@@ -65,6 +65,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-every", type=int, default=None, help="also evaluate every N iterations")
     r.add_argument("--loader", default=None, choices=["tensor", "avalanche"],
                    help="training data from in-memory tensors (default) or Avalanche's DataLoader")
+    r.add_argument("--vectorize", action="store_true",
+                   help="train the seeds of each method as one stacked model, in one pass (ckd.vectorized)")
     r.add_argument("--label", default=None)
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="method settings, e.g. --set alpha=0.5 temperature=4")
@@ -160,6 +162,29 @@ def _run_all(configs, args) -> list:
     return run_all(scheduler, configs, args.out, report)
 
 
+def _run_vectorized(configs, args) -> list:
+    """Run each group of ``configs`` that differ only in their seed as one pass of a
+    stacked model (``ckd.vectorized``), one group after another; every group is
+    checked before any runs."""
+    from dataclasses import replace
+
+    from ckd.scheduling import RunOutcome
+    from ckd.vectorized import check_vectorizable, run_vectorized_to_files
+
+    groups: dict[str, list] = {}
+    for c in configs:
+        groups.setdefault(json.dumps(replace(c, seed=0).resolved(), sort_keys=True), []).append(c)
+    for group in groups.values():
+        check_vectorizable(group)
+    outcomes = []
+    for group in groups.values():
+        done = run_vectorized_to_files(group, args.out, args.data_root, progress=not args.quiet, skip_existing=not args.force)
+        for config, (path, ran) in zip(group, done):
+            outcomes.append(RunOutcome(config, path, ran))
+            _print_outcome(outcomes[-1], debug=args.debug)
+    return outcomes
+
+
 def _cmd_run(args) -> int:
     from ckd.runner import config_from_result
     from ckd.suite import method_configs
@@ -184,7 +209,7 @@ def _cmd_run(args) -> int:
             stream=args.stream, methods=args.method, seeds=args.seeds, settings=settings,
             device=args.device, task_labels=args.task_labels, **common,
         )
-    outcomes = _run_all(configs, args)
+    outcomes = _run_vectorized(configs, args) if args.vectorize else _run_all(configs, args)
     if len(outcomes) > 1:
         from ckd.summary import format_markdown, summarize
 
@@ -195,7 +220,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_suite(args) -> int:
     from ckd.runner import result_path
-    from ckd.suite import load_suite
+    from ckd.suite import load_suite, suite_vectorizes
 
     configs = load_suite(args.suite, device=args.device)
     overrides = {k: v for k, v in dict(amp=args.amp, checksum=False if args.no_checksum else None).items() if v is not None}
@@ -207,7 +232,10 @@ def _cmd_suite(args) -> int:
         for c in configs:
             print(result_path(args.out, c))
         return 0
-    _run_all(configs, args)
+    if suite_vectorizes(args.suite):
+        _run_vectorized(configs, args)
+    else:
+        _run_all(configs, args)
     return 0
 
 

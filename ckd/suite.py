@@ -3,6 +3,7 @@
 ```toml
 [suite]
 seeds = [0, 1, 2]            # default seeds of every run entry
+vectorize = false            # true: each entry's seeds train as one stacked model (ckd.vectorized)
 
 [defaults]                   # RunConfig fields shared by all entries
 epochs = 1
@@ -37,7 +38,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["load_suite", "method_configs"]
+__all__ = ["load_suite", "method_configs", "suite_vectorizes"]
 
 _RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"method_args", "seed"}
 
@@ -74,6 +75,15 @@ def load_suite(path: str | os.PathLike, device: str | None = None) -> list[RunCo
                     values["device"] = device
                 configs.append(RunConfig(method_args=args, **values))
     return configs
+
+
+def suite_vectorizes(path: str | os.PathLike) -> bool:
+    """The suite's ``[suite] vectorize`` (default false): train the seeds of each entry
+    in one pass (:func:`ckd.vectorized.run_vectorized`)."""
+    value = tomllib.loads(Path(path).read_text()).get("suite", {}).get("vectorize", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{path}: [suite] vectorize must be true or false, got {value!r}")
+    return value
 
 
 def method_configs(

@@ -1,0 +1,546 @@
+"""Several seeds of one run in one pass: the seeds' models stacked and trained with ``torch.func``.
+
+``run_vectorized(configs)`` takes run configs that differ only in their seed and
+trains them as one stacked model (``stack_module_state``; the forward is
+``vmap(functional_call)``; one backward and one SGD step update every seed). Each
+seed keeps what its sequential run has, as batched tensors: its stream and
+initialisation (built exactly as :func:`ckd.runner.run` builds them), its data
+order (the tensor path's seeded permutation, :mod:`ckd.training`), its replay
+buffer (a :class:`ckd.buffer.ReplayBuffer` with the seed's generator) and its
+teacher (a snapshot, cached logits or an EMA of its weights, stacked). The losses
+are :mod:`ckd.losses`' under ``vmap``. Each seed's result is the record
+:func:`ckd.runner.run` writes, marked ``"vectorized": true``; its accuracies match
+the seed's sequential run (``loader="tensor"``) up to floating-point rounding: the
+batched kernels add in another order.
+
+What it covers (:func:`check_vectorizable` says why anything else is refused):
+``naive``, and ``kd-replay`` / ``kd-replay-cached`` / ``kd-ema`` with one teacher
+(snapshot, cached or EMA), a reservoir or class-balanced buffer, ``alpha``,
+``beta``, ``temperature`` (``alpha`` per experience too); models without
+normalisation or dropout layers (``mlp``, ``cnn``); streams of in-memory tensors
+without augmentation; no mixed precision, no periodic evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ckd.buffer import ReplayBuffer
+from ckd.losses import replay_cross_entropy, soft_kl
+from ckd.training import TensorBatches, dataset_tensors, permutation_seed
+
+__all__ = [
+    "VECTORIZED_METHODS",
+    "StackedModel",
+    "check_vectorizable",
+    "run_vectorized",
+    "run_vectorized_to_files",
+]
+
+VECTORIZED_METHODS = ("naive", "kd-replay", "kd-replay-cached", "kd-ema")
+
+# kd-* settings vectorize implements, and the ones it needs at a given value (parts it does not stack).
+_KD_SETTINGS = {"mem_size", "replay_batch_size", "alpha", "temperature", "beta", "policy", "teacher",
+                "known_classes_only", "ensemble", "ema_half_life"}
+_KD_FIXED = {"n_teachers": 1, "logit_weight": 0.0, "current_alpha": 0.0, "current_classes_only": False,
+             "eval_ema_half_life": 0.0}
+_TEACHERS = ("snapshot", "cached", "ema")
+# Batch of the once-per-experience passes over the buffer, as the KD plugin's.
+_PASS_BATCH = 1000
+
+
+def check_vectorizable(configs: Sequence) -> None:
+    """Raise a one-line ``ValueError`` naming what to change when ``configs`` cannot
+    run as one vectorized pass."""
+    from ckd.methods import resolve_method_args
+
+    if not configs:
+        raise ValueError("vectorize needs at least one run")
+    first = configs[0]
+    seeds = [c.seed for c in configs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"vectorize needs distinct seeds, got {seeds}")
+    for c in configs[1:]:
+        if dataclasses.replace(c, seed=first.seed) != first:
+            raise ValueError(
+                f"vectorize trains runs that differ only in their seed; {first.name} and {c.name} on "
+                f"{first.stream} / {c.stream} differ in more: run them without --vectorize or in separate groups"
+            )
+    method = first.method
+    if method not in VECTORIZED_METHODS:
+        raise ValueError(
+            f"method {method!r} cannot be vectorized (vectorize covers {', '.join(VECTORIZED_METHODS)}): "
+            "run it without --vectorize"
+        )
+    refusals = {
+        "loader": (first.loader != "tensor", "loader='tensor'"),
+        "amp": (first.amp is not None, "no mixed precision (amp)") if hasattr(first, "amp") else (False, ""),
+        "eval_every": (first.eval_every != 0, "eval_every=0"),
+        "model": (first.model not in ("mlp", "cnn"), "model 'mlp' or 'cnn'"),
+    }
+    for name, (refused, needed) in refusals.items():
+        if refused:
+            raise ValueError(f"vectorize needs {needed}, got {name}={getattr(first, name)!r}: run without --vectorize")
+    if method == "naive":
+        return
+    args = resolve_method_args(method, first.method_args)
+    # A part vectorize does not know is fine while it is off (0, false or none).
+    unknown = sorted(k for k in set(args) - _KD_SETTINGS - set(_KD_FIXED) if args[k])
+    if unknown:
+        raise ValueError(
+            f"vectorize does not implement the {method} setting(s) {unknown} (turned on): run without --vectorize"
+        )
+    for name, value in _KD_FIXED.items():
+        if name in args and args[name] != value:
+            raise ValueError(
+                f"vectorize needs {name}={value!r} (got {args[name]!r}): that part is not stacked; run without --vectorize"
+            )
+    teacher = "cached" if method == "kd-replay-cached" else args.get("teacher", "snapshot")
+    if teacher not in _TEACHERS:
+        raise ValueError(f"vectorize covers the teachers {_TEACHERS}, got teacher={teacher!r}: run without --vectorize")
+
+
+class StackedModel(nn.Module):
+    """``S`` models of one architecture as stacked parameters ``(S, ...)``.
+
+    ``forward(x)``: ``x (S, B, ...)`` → ``(S, B, C)``, seed ``s``'s model on ``x[s]``
+    (``vmap`` of ``functional_call``). ``params`` may replace the trained
+    parameters (a teacher's, same layout). The models must hold no buffers.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        for model in models:
+            if any(True for _ in model.buffers()) or any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+                raise ValueError(
+                    "vectorize needs a model without buffers or dropout (no BatchNorm): use model 'mlp' or 'cnn'"
+                )
+        params, _ = stack_module_state(list(models))
+        self.names = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[name].detach().clone()) for name in self.names])
+        self.base = [copy.deepcopy(models[0]).to("meta")]  # a list: not a submodule
+        self.n_models = len(models)
+
+    def param_dict(self) -> dict[str, Tensor]:
+        return dict(zip(self.names, self.stacked))
+
+    def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        base = self.base[0]
+        params = self.param_dict() if params is None else params
+
+        def one(p: dict[str, Tensor], xs: Tensor) -> Tensor:
+            return functional_call(base, p, (xs,))
+
+        return vmap(one)(params, x)
+
+    def seed_forward(self, s: int, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """Seed ``s``'s model alone on ``x (B, ...)``."""
+        params = self.param_dict() if params is None else params
+        return functional_call(self.base[0], {k: v[s] for k, v in params.items()}, (x,))
+
+    def detached(self) -> dict[str, Tensor]:
+        """A copy of the stacked parameters (a snapshot teacher)."""
+        return {k: v.detach().clone() for k, v in self.param_dict().items()}
+
+    @torch.no_grad()
+    def copy_into(self, s: int, model: nn.Module) -> nn.Module:
+        """Load seed ``s``'s parameters into ``model`` (same architecture)."""
+        params = self.param_dict()
+        for name, p in model.named_parameters():
+            p.copy_(params[name][s])
+        return model
+
+
+class _StackedKD:
+    """Replay with distillation for ``S`` seeds: one :class:`ReplayBuffer` per seed
+    (its own generator), the teacher as stacked parameters or cached logits."""
+
+    def __init__(self, method: str, args: dict[str, Any], seeds: Sequence[int], device: torch.device) -> None:
+        self.args = args
+        self.teacher = "cached" if method == "kd-replay-cached" else args.get("teacher", "snapshot")
+        alpha = args["alpha"]
+        self.alphas = tuple(alpha) if isinstance(alpha, (list, tuple)) else None
+        self.alpha_value = 0.0 if self.alphas is not None else float(alpha)
+        self.beta = float(args["beta"])
+        self.temperature = float(args["temperature"])
+        self.policy = args["policy"]
+        self.replay_batch_size = args["replay_batch_size"]
+        self.known_only = bool(args.get("known_classes_only", False))
+        self.uses_replay = max(self.alphas or (self.alpha_value,)) > 0 or self.beta > 0
+        self.buffers = [ReplayBuffer(args["mem_size"], self.policy, device, seed) for seed in seeds]
+        self.seen = torch.zeros(0, 0, dtype=torch.bool)
+        self.teacher_params: dict[str, Tensor] | None = None
+        self.teacher_seen = self.seen
+        self.cover_all = False
+        self.has_logits = False
+        self.alpha = 0.0
+        self.decay = 0.0
+        self.ema: dict[str, Tensor] | None = None
+        self._finite: Tensor | None = None
+        self._table: tuple | None = None
+
+    # ---------------------------------------------------------------- experience
+    def before_experience(self, exp: int, steps: int, net: StackedModel, device: torch.device) -> None:
+        self.alpha = self.alphas[exp] if self.alphas is not None else self.alpha_value
+        if self.alphas is not None and exp >= len(self.alphas):
+            raise ValueError(f"alpha has {len(self.alphas)} per-experience values but experience {exp} is being trained")
+        self._finite = torch.ones(len(self.buffers), dtype=torch.bool, device=device)
+        if self.teacher == "ema":
+            from ckd.teacher import decay_for_half_life
+
+            self.decay = decay_for_half_life(self.args["ema_half_life"], steps)
+            if self.ema is None:
+                self.ema = net.detached()
+
+    @property
+    def ready(self) -> bool:
+        return self.has_logits if self.teacher == "cached" else self.teacher_params is not None
+
+    def after_experience(self, exp: int, data: list[tuple[Tensor, Tensor, Tensor]], task: int,
+                         classes: list[int], net: StackedModel) -> None:
+        seen = torch.zeros(max(self.seen.shape[0], task + 1), max(self.seen.shape[1], max(classes) + 1), dtype=torch.bool)
+        seen[: self.seen.shape[0], : self.seen.shape[1]] = self.seen
+        seen[task, classes] = True
+        self.seen = seen
+        if self.policy == "class_balanced" and self.uses_replay:
+            for buffer, (x, y, t) in zip(self.buffers, data):
+                plan = buffer.class_balanced_select(y, exp)
+                if plan.index.numel():
+                    index = plan.index.to(x.device)
+                    buffer.class_balanced_fill(plan, x[index], y[index], t[index], exp)
+                elif not buffer.is_empty:
+                    buffer.class_balanced_fill(plan, buffer.x[:0], buffer.y[:0], buffer.task[:0], exp)
+        if self.teacher == "snapshot":
+            self.teacher_params = net.detached()
+            self.teacher_seen = self.seen.clone()
+        elif self.teacher == "ema":
+            self.teacher_params = self.ema
+            self.teacher_seen = self.seen.clone()
+        elif self.uses_replay and not self.buffers[0].is_empty:
+            self._cache_logits(net)
+
+    @torch.no_grad()
+    def _cache_logits(self, net: StackedModel) -> None:
+        for s, buffer in enumerate(self.buffers):
+            slots = torch.arange(len(buffer), device=buffer.device)
+            for start in range(0, slots.shape[0], _PASS_BATCH):
+                index = slots[start : start + _PASS_BATCH]
+                rows = buffer.gather(index)
+                logits = net.seed_forward(s, rows.x)
+                mask = self._mask(self.seen, rows.task, logits.shape[-1])
+                buffer.set_logits(index, logits, torch.ones_like(logits, dtype=torch.bool) if mask is None else mask)
+        self.has_logits = True
+        self.cover_all = all(bool(b.logits_mask.all()) for b in self.buffers)  # one sync per experience
+
+    def _mask(self, seen: Tensor, task: Tensor, width: int) -> Tensor | None:
+        """bool ``(..., width)``: the classes the teacher knew for each row's task
+        (``None``: every output, as ``known_classes_only=False`` gives). The table is
+        built once per teacher, so a step only indexes it."""
+        if not self.known_only:
+            return None
+        key = (id(seen), width, str(task.device))
+        if self._table is None or self._table[0] != key:
+            table = torch.zeros(seen.shape[0] + 1, width, dtype=torch.bool)
+            w = min(width, seen.shape[1])
+            table[:-1, :w] = seen[:, :w]
+            self._table = (key, table.to(task.device))
+        table = self._table[1]
+        return table[task.clamp_max(table.shape[0] - 1)]
+
+    # ------------------------------------------------------------------ iteration
+    def replays(self) -> bool:
+        has_loss = self.beta > 0 or (self.alpha > 0 and self.ready)
+        return self.uses_replay and not self.buffers[0].is_empty and has_loss
+
+    def sample(self) -> dict[str, Tensor | None]:
+        """Each seed's draw from its own buffer, stacked: ``x (S, R, ...)``, ``y``, ``task (S, R)``."""
+        draws = [b.sample(self.replay_batch_size) for b in self.buffers]
+        out = {k: torch.stack([getattr(d, k) for d in draws]) for k in ("x", "y", "task")}
+        if self.teacher == "cached" and self.has_logits:
+            out["logits"] = torch.stack([d.logits for d in draws])
+            out["logits_mask"] = None if self.cover_all else torch.stack([d.logits_mask for d in draws])
+        return out
+
+    @torch.no_grad()
+    def targets(self, replay: dict[str, Tensor | None], net: StackedModel) -> tuple[Tensor | None, Tensor | None]:
+        """Soft-target logits ``(S, R, C_t)`` and mask (``None``: every output)."""
+        if self.alpha <= 0 or not self.ready:
+            return None, None
+        if self.teacher == "cached":
+            return replay["logits"], replay["logits_mask"]
+        logits = net(replay["x"], params=self.teacher_params)
+        return logits, self._mask(self.teacher_seen, replay["task"], logits.shape[-1])
+
+    def note_finite(self, kd: Tensor) -> None:
+        self._finite &= torch.isfinite(kd)
+
+    def check_finite(self, seeds: Sequence[int], exp: int) -> None:
+        if self._finite is not None and not bool(self._finite.all()):  # once per epoch
+            bad = [s for s, ok in zip(seeds, self._finite.tolist()) if not ok]
+            raise FloatingPointError(
+                f"the distillation loss became NaN or infinite in experience {exp} for seed(s) {bad}; "
+                "lower the learning rate or alpha"
+            )
+
+    def after_iteration(self, x: Tensor, y: Tensor, t: Tensor, exp: int, net: StackedModel) -> None:
+        if self.teacher == "ema":
+            with torch.no_grad():
+                ema, live = self.ema, net.param_dict()
+                torch._foreach_lerp_([ema[k] for k in net.names], [live[k].detach() for k in net.names], 1.0 - self.decay)
+        if self.policy == "reservoir" and self.uses_replay:
+            for s, buffer in enumerate(self.buffers):
+                buffer.reservoir_add(x[s], y[s], t[s], exp)
+            self.cover_all = False
+
+
+def _seed_loss(
+    current: Tensor, y: Tensor, replayed: Tensor | None, replay_y: Tensor | None,
+    target: Tensor | None, mask: Tensor | None, alpha: float, beta: float, temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """One seed's loss, in the order the strategy and the KD plugin add its terms, and the KD term."""
+    loss = F.cross_entropy(current, y)
+    kd = torch.zeros((), device=current.device)
+    if target is not None:
+        kd = soft_kl(replayed, target, temperature, mask)
+        loss = loss + alpha * kd
+    if replayed is not None and beta > 0:
+        loss = loss + beta * replay_cross_entropy(replayed, replay_y)
+    return loss, kd
+
+
+class _SeedData:
+    """The seeds' training tensors of one experience, shared when every seed has the same."""
+
+    def __init__(self, data: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+        first = data[0]
+        self.shared = all(all(torch.equal(a, b) for a, b in zip(first, d)) for d in data[1:])
+        if self.shared:
+            self.x, self.y, self.t = first
+        else:
+            self.x, self.y, self.t = (torch.stack([d[k] for d in data]) for k in range(3))
+        self.rows = torch.arange(len(data), device=first[0].device).unsqueeze(1)
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``index (S, b)`` rows of each seed's data → ``x (S, b, ...)``, ``y``, ``t (S, b)``."""
+        if self.shared:
+            return self.x[index], self.y[index], self.t[index]
+        return self.x[self.rows, index], self.y[self.rows, index], self.t[self.rows, index]
+
+
+def run_vectorized(configs: Sequence, data_root: str | os.PathLike | None = None, progress: bool = False) -> list[dict]:
+    """Train ``configs`` (one run per seed, otherwise equal) in one pass; one result
+    record per config, in order, as :func:`ckd.runner.run` returns them."""
+    from ckd.metrics import compute_metrics
+    from ckd.methods import resolve_method_args
+    from ckd.models import make_model
+    from ckd.runner import (
+        PER_EXPERIENCE_ARGS, AccuracyEvaluator, _peak_cpu_memory_mb, _versions, device_name, seed_everything,
+    )
+    from ckd.streams import make_stream
+
+    check_vectorizable(configs)
+    first = configs[0]
+    seeds = [c.seed for c in configs]
+    device = torch.device(first.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
+    torch.set_num_threads(first.threads)
+    streams, models = [], []
+    for config in configs:  # as ckd.runner.run builds them, seed by seed
+        seed_everything(config.seed)
+        stream_args = dict(
+            seed=config.seed, data_root=data_root, n_experiences=config.n_experiences,
+            task_labels=config.task_labels, validation_fraction=config.validation_fraction,
+            max_train_per_experience=config.max_train_per_experience,
+            max_test_per_experience=config.max_test_per_experience,
+        )
+        if hasattr(config, "checksum"):
+            stream_args["checksum"] = config.checksum
+        stream = make_stream(config.stream, **stream_args)
+        if getattr(stream, "augmentation", None) is not None:
+            raise ValueError(f"vectorize does not apply {config.stream}'s training augmentation: run without --vectorize")
+        streams.append(stream)
+        models.append(make_model(config.model, stream.input_shape, stream.n_classes))
+    evaluators = [AccuracyEvaluator(s, device, first.eval_batch_size) for s in streams]
+    train_streams = [s.benchmark.train_stream for s in streams]
+    n_exp = len(train_streams[0])
+    iterations = [math.ceil(len(e.dataset) / first.batch_size) * first.epochs for e in train_streams[0]]
+    args = resolve_method_args(first.method, first.method_args)
+    for key in PER_EXPERIENCE_ARGS:
+        value = args.get(key)
+        if isinstance(value, (list, tuple)) and len(value) != n_exp:
+            raise ValueError(
+                f"{key} is a per-experience list of {len(value)} values but {first.stream} has {n_exp} experiences"
+            )
+
+    net = StackedModel(models).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=first.lr, momentum=0.0)
+    kd = None if first.method == "naive" else _StackedKD(first.method, args, seeds, device)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(iterations), desc=f"{first.stream} {first.name} seeds {seeds}", unit="it", leave=False)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    matrices = [[] for _ in configs]
+    task_matrices = [[] for _ in configs]
+    diverged_at: list[int | None] = [None] * len(configs)
+    times = []
+    start = time.perf_counter()
+    try:
+        for i in range(n_exp):
+            t0 = time.perf_counter()
+            raw = []
+            for train in train_streams:
+                tensors = dataset_tensors(train[i].dataset.train())
+                if tensors is None:
+                    raise ValueError(f"experience {i} of {first.stream} is not in-memory tensors: run without --vectorize")
+                raw.append(tuple(t.to(device) for t in tensors))
+            sizes = {x.shape[0] for x, _, _ in raw}
+            if len(sizes) > 1:
+                raise ValueError(
+                    f"the seeds' experience {i} differ in size {sorted(sizes)}: vectorize needs equal sizes "
+                    "(no validation split or subsampling that depends on the seed)"
+                )
+            orders = []
+            for config, (x, y, t) in zip(configs, raw):  # the seed's data order, as the tensor path draws it
+                torch.manual_seed(config.seed * 1000 + i)
+                generator = torch.Generator(device=device).manual_seed(permutation_seed())
+                orders.append(TensorBatches(x, y, t, batch_size=first.batch_size, generator=generator))
+            data = _SeedData(raw)
+            if kd is not None:
+                kd.before_experience(i, iterations[i], net, device)
+            net.train()
+            for _ in range(first.epochs):
+                order = torch.stack([o.order() for o in orders])
+                for k in range(len(orders[0])):
+                    x, y, t = data.batch(order[:, k * first.batch_size : (k + 1) * first.batch_size])
+                    _step(net, optimizer, kd, x, y, t)
+                    if kd is not None:
+                        kd.after_iteration(x, y, t, i, net)
+                    if bar is not None:
+                        bar.update(1)
+                if kd is not None:
+                    kd.check_finite(seeds, i)
+            if kd is not None:
+                task = int(getattr(train_streams[0][i], "task_label", 0))
+                kd.after_experience(i, raw, task, streams[0].classes_per_experience[i], net)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+            for s, (model, evaluator) in enumerate(zip(models, evaluators)):
+                model.to(device)
+                net.copy_into(s, model)
+                row, task_row = evaluator.accuracies(model)
+                matrices[s].append(row)
+                task_matrices[s].append(task_row)
+                if diverged_at[s] is None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    diverged_at[s] = i
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - start
+
+    records = []
+    for s, (config, stream) in enumerate(zip(configs, streams)):
+        metrics = compute_metrics(matrices[s])
+        task_metrics = compute_metrics(task_matrices[s]) if stream.scenario != "domain-il" else None
+        records.append({
+            "stream": config.stream,
+            "method": config.method,
+            "label": config.name,
+            "seed": config.seed,
+            "scenario": stream.scenario,
+            "config": config.resolved(),
+            "experience_classes": stream.classes_per_experience,
+            "accuracy_matrix": matrices[s],
+            **metrics,
+            "task_il_accuracy_matrix": task_matrices[s] if task_metrics else None,
+            "final_average_task_il_accuracy": task_metrics["final_average_accuracy"] if task_metrics else None,
+            "scored_model": "model",
+            "diverged": diverged_at[s] is not None,
+            "diverged_at_experience": diverged_at[s],
+            "curve": None,
+            "diagnostics": None,
+            "wall_time_s": wall / len(configs),
+            "wall_time_per_experience_s": [t / len(configs) for t in times],
+            "iterations_per_experience": iterations,
+            "peak_cpu_memory_mb": _peak_cpu_memory_mb(),
+            "peak_cuda_memory_mb": (
+                torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+            ),
+            "device": device_name(device),
+            "versions": _versions(),
+            "vectorized": True,
+            "vectorized_seeds": seeds,
+            "vectorized_wall_time_s": wall,
+        })
+    return records
+
+
+def _step(net: StackedModel, optimizer: torch.optim.Optimizer, kd: _StackedKD | None,
+          x: Tensor, y: Tensor, t: Tensor) -> None:
+    """One training iteration of every seed: ``x (S, b, ...)``, ``y, t (S, b)``."""
+    optimizer.zero_grad()
+    replay = kd.sample() if kd is not None and kd.replays() else None
+    n = x.shape[1]
+    inputs = x if replay is None else torch.cat([x, replay["x"]], dim=1)
+    out = net(inputs)
+    if replay is None:
+        losses = vmap(F.cross_entropy)(out, y)
+    else:
+        target, mask = kd.targets(replay, net)
+        loss_fn = vmap(_seed_loss, in_dims=(0, 0, 0, 0, None if target is None else 0,
+                                            None if mask is None else 0, None, None, None))
+        losses, kd_terms = loss_fn(out[:, :n], y, out[:, n:], replay["y"], target, mask,
+                                   kd.alpha, kd.beta, kd.temperature)
+        if target is not None:
+            kd.note_finite(kd_terms)
+    losses.sum().backward()
+    optimizer.step()
+
+
+def run_vectorized_to_files(
+    configs: Sequence,
+    out_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    progress: bool = False,
+    skip_existing: bool = True,
+) -> list[tuple[Path, bool]]:
+    """:func:`run_vectorized` writing each seed's ``ckd.runner.result_path`` (atomically);
+    with ``skip_existing``, seeds whose result exists with the same config are not re-run
+    (the others still run together). Returns ``(path, ran)`` per config."""
+    import json
+
+    from ckd.files import write_json_atomic
+    from ckd.runner import result_path
+
+    paths = [result_path(out_dir, c) for c in configs]
+    todo = []
+    for config, path in zip(configs, paths):
+        if skip_existing and path.exists():
+            try:
+                existing = json.loads(path.read_text())
+            except (json.JSONDecodeError, OSError):
+                existing = None
+            if existing is not None and existing.get("config") == json.loads(json.dumps(config.resolved())):
+                continue
+        todo.append(config)
+    if todo:
+        for config, record in zip(todo, run_vectorized(todo, data_root=data_root, progress=progress)):
+            write_json_atomic(result_path(out_dir, config), record)
+    ran = {id(c) for c in todo}
+    return [(path, id(config) in ran) for config, path in zip(configs, paths)]

@@ -1,0 +1,126 @@
+import json
+import warnings
+
+import pytest
+import torch
+
+from ckd.methods import METHOD_DEFAULTS
+from ckd.models import mlp, small_cnn
+from ckd.runner import RunConfig, run
+from ckd.vectorized import StackedModel, check_vectorizable, run_vectorized, run_vectorized_to_files
+
+SEEDS = (0, 1, 2)
+
+
+def _configs(method, seeds=SEEDS, **fields):
+    fields = {"epochs": 1, "max_train_per_experience": 120, **fields}
+    return [RunConfig("split-digits", method, seed=s, **fields) for s in seeds]
+
+
+def _cases():
+    cases = [("naive", {}), ("kd-replay", {}), ("kd-replay-cached", {}),
+             ("kd-replay", {"policy": "class_balanced", "teacher": "cached"}),
+             ("kd-replay", {"policy": "class_balanced", "alpha": [0.0, 1.0, 2.0, 1.0, 0.5]})]
+    if "kd-ema" in METHOD_DEFAULTS:
+        cases.append(("kd-ema", {}))
+    return [pytest.param(m, a, id=f"{m}-{'-'.join(map(str, a.values())) or 'defaults'}") for m, a in cases]
+
+
+@pytest.mark.parametrize("method,args", _cases())
+def test_each_seed_matches_its_sequential_run(method, args):
+    configs = _configs(method, method_args=args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        together = run_vectorized(configs)
+        alone = [run(c) for c in configs]
+    matrices = []
+    for v, s in zip(together, alone):
+        assert v["seed"] == s["seed"] and v["vectorized"] is True and v["config"] == s["config"]
+        # The batched kernels round differently: a few test samples may flip, no more.
+        flat = [a for row in v["accuracy_matrix"] for a in row]
+        assert flat == pytest.approx([a for row in s["accuracy_matrix"] for a in row], abs=0.01)
+        matrices.append(v["accuracy_matrix"])
+    assert matrices[0] != matrices[1] != matrices[2]  # each seed trained its own model
+
+
+def test_the_record_has_the_sequential_fields_and_the_vectorized_marks():
+    configs = _configs("naive", seeds=(3, 4), max_train_per_experience=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vectorized = run_vectorized(configs)[0]
+        sequential = run(configs[0])
+    assert set(vectorized) - set(sequential) == {"vectorized", "vectorized_seeds", "vectorized_wall_time_s"}
+    assert set(sequential) <= set(vectorized)
+    assert vectorized["vectorized_seeds"] == [3, 4]
+    assert vectorized["wall_time_s"] == pytest.approx(vectorized["vectorized_wall_time_s"] / 2)
+    json.dumps(vectorized, allow_nan=False)
+
+
+def test_results_go_to_the_per_seed_files_and_existing_ones_are_kept(tmp_path):
+    configs = _configs("naive", seeds=(0, 1), max_train_per_experience=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = run_vectorized_to_files(configs, tmp_path)
+        again = run_vectorized_to_files(configs, tmp_path)
+    assert [p.name for p, _ in first] == ["split-digits__naive__seed0.json", "split-digits__naive__seed1.json"]
+    assert [ran for _, ran in first] == [True, True] and [ran for _, ran in again] == [False, False]
+    assert json.loads(first[1][0].read_text())["vectorized"] is True
+
+
+@pytest.mark.parametrize(
+    "configs,message",
+    [
+        (_configs("replay"), "method 'replay' cannot be vectorized"),
+        (_configs("naive", loader="avalanche"), "vectorize needs loader='tensor'"),
+        (_configs("kd-replay", method_args={"n_teachers": 2}), "vectorize needs n_teachers=1"),
+        (_configs("naive", eval_every=5), "vectorize needs eval_every=0"),
+        (_configs("naive", seeds=(1, 1)), "distinct seeds"),
+        (_configs("naive", seeds=(0,)) + _configs("naive", seeds=(1,), lr=0.5), "differ only in their seed"),
+    ],
+    ids=["method", "loader", "setting", "eval-every", "seeds", "other-field"],
+)
+def test_what_cannot_be_vectorized_is_refused_in_one_line(configs, message):
+    with pytest.raises(ValueError, match=message) as err:
+        check_vectorizable(configs)
+    assert "\n" not in str(err.value)
+
+
+def test_seeds_whose_streams_differ_in_size_are_refused():
+    # With a 20 % validation split, seeds 0 and 2 keep 202 and 201 samples of experience 0.
+    configs = [RunConfig("split-digits", "naive", seed=s, epochs=1, validation_fraction=0.2) for s in (0, 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="differ in size"):
+            run_vectorized(configs)
+
+
+@pytest.mark.parametrize("make", [lambda: mlp((1, 8, 8), 10), lambda: small_cnn((1, 8, 8), 10, width=4)])
+def test_the_stacked_model_is_each_model_on_its_own_rows(make):
+    torch.manual_seed(0)
+    models = [make() for _ in range(3)]
+    stacked = StackedModel(models)
+    x = torch.rand(3, 5, 1, 8, 8)
+    out = stacked(x)
+    assert out.shape == (3, 5, 10)
+    for s, model in enumerate(models):
+        assert torch.allclose(out[s], model(x[s]), atol=1e-6)
+        assert torch.allclose(stacked.seed_forward(s, x[s]), model(x[s]), atol=1e-6)
+    with pytest.raises(ValueError, match="without buffers or dropout"):
+        StackedModel([torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(64))])
+
+
+def test_the_cli_and_a_suite_vectorize_on_request(tmp_path, capsys):
+    from ckd.cli import main
+
+    out = tmp_path / "run"
+    argv = ["run", "--stream", "split-digits", "--method", "naive", "--seeds", "0", "1", "--epochs", "1", "--quiet"]
+    assert main(argv + ["--vectorize", "--out", str(out)]) == 0
+    assert [json.loads((out / f"split-digits__naive__seed{s}.json").read_text())["vectorized"] for s in (0, 1)] == [True, True]
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[suite]\nseeds = [0, 1]\nvectorize = true\n[defaults]\nstream = "split-digits"\nepochs = 1\n'
+                     '[[run]]\nmethod = "naive"\n')
+    assert main(["suite", str(suite), "--out", str(tmp_path / "suite"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "suite" / "split-digits__naive__seed1.json").read_text())["vectorized"] is True
+    capsys.readouterr()
+    assert main(["run", "--stream", "split-digits", "--method", "replay", "--vectorize", "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().startswith("ckd: error: method 'replay' cannot be vectorized")
