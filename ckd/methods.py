@@ -41,6 +41,7 @@ def _kd_defaults() -> dict[str, Any]:
 # logit_weight > 0: MSE on the replayed logits (LogitMatchingPlugin).
 # current_alpha > 0: distillation on the current samples (CurrentDistillationPlugin).
 # current_classes_only: ER-ACE's asymmetric CE (AsymmetricCrossEntropyPlugin).
+# weight_aligning: rescale the new classes' output rows after each experience (WeightAligningPlugin).
 _PART_DEFAULTS: dict[str, Any] = {
     "known_classes_only": False,
     "n_teachers": 1,
@@ -50,6 +51,7 @@ _PART_DEFAULTS: dict[str, Any] = {
     "logit_weight": 0.0,
     "current_alpha": 0.0,
     "current_classes_only": False,
+    "weight_aligning": False,
 }
 
 # What a kd-* result written before the parts existed meant by a missing key
@@ -158,6 +160,10 @@ def _kd_plugins(method: str, args: dict[str, Any]) -> list:
     )
     kd = KDReplayPlugin(config=config, teacher=make_teacher(name, **teacher_settings))
     plugins: list = [kd]
+    if args["weight_aligning"]:
+        from ckd.bias_correction import WeightAligningPlugin
+
+        plugins.insert(0, WeightAligningPlugin())  # before the teacher snapshot
     if method in ("kd-feature", "kd-relation"):
         from ckd.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
 
