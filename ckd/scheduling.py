@@ -21,11 +21,11 @@ import multiprocessing
 import os
 import sys
 import traceback
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -3,6 +3,7 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from ckd import KDReplayPlugin
+from ckd.current_data import CurrentDistillationPlugin
 from ckd.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
 from ckd.runner import RunConfig, run
 from ckd.streams import make_stream
@@ -73,7 +74,18 @@ def test_runner_methods_train_end_to_end(method):
     assert result["config"]["method_args"]["mem_size"] == 100
 
 
-def test_lwf_alone_runs_without_a_buffer():
-    result = run(RunConfig("split-digits", "kd-lwf", seed=0, epochs=1))
-    assert set(result["config"]["method_args"]) == {"current_alpha", "temperature"}
-    assert 0.0 < result["final_average_accuracy"] < 1.0
+def test_lwf_alone_adds_its_term_once_the_student_leaves_its_teacher(digits):
+    off = run(RunConfig("split-digits", "kd-lwf", seed=0, epochs=1, method_args={"current_alpha": 0.0}))
+    assert set(off["config"]["method_args"]) == {"current_alpha", "temperature"}  # no buffer
+    naive = run(RunConfig("split-digits", "naive", seed=0, epochs=1))
+    assert off["accuracy_matrix"] == naive["accuracy_matrix"]  # at weight 0 the part changes nothing
+
+    before, after = _LossTrace(), _LossTrace()
+    lwf = CurrentDistillationPlugin(alpha=1.0, temperature=2.0)
+    _train(_strategy(_mlp(), [before, lwf, after], epochs=1), digits, experiences={0, 1})
+    added = [b - a for a, b in zip(before.losses, after.losses)]
+    first = len(added) - len(after.experience_one)
+    assert added[:first] == [0.0] * first  # no teacher while the first experience trains
+    # First step of experience 1: the student is still the snapshot, so KL(teacher || student) = 0.
+    assert added[first] == pytest.approx(0.0, abs=1e-6)
+    assert min(added[first + 1:]) >= 0.0 and max(added[first + 1:]) > 1e-3

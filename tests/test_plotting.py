@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -104,10 +108,18 @@ def test_no_results_is_an_error(tmp_path):
 
 
 def test_method_colors_are_fixed_for_known_and_stable_for_unknown_methods():
-    assert method_color("kd-replay") == METHOD_COLORS["kd-replay"]
+    assert method_color("kd-replay") == METHOD_COLORS["kd-replay"] == "#d62728"
     assert len(set(METHOD_COLORS.values())) == len(METHOD_COLORS)
-    assert method_color("my-new-method") == method_color("my-new-method")
-    assert method_color("my-new-method").startswith("#")
+    # An unknown name: md5("my-new-method") starts 89027079, and 0x89027079 mod 10 = 7 picks the 8th fallback colour.
+    assert method_color("my-new-method") == "#c5b0d5"
+    assert {method_color(m) for m in ("icarl", "gdumb", "agem", "mir")} == {"#8c6d31", "#843c39", "#dbdb8d", "#393b79"}
+    assert not {method_color(m) for m in ("my-new-method", "icarl", "gdumb", "agem", "mir")} & set(METHOD_COLORS.values())
+    # The same colour in another process, whatever its string-hash seed (hash() would differ).
+    code = "from ckd.plotting import method_color; print(method_color('my-new-method'))"
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        assert out.strip() == "#c5b0d5"
 
 
 def test_figure_size_rejects_unknown_kind():
@@ -116,10 +128,6 @@ def test_figure_size_rejects_unknown_kind():
 
 
 def test_plot_scripts_write_the_figure_named_on_the_command_line(results_dir, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     for script in ("forgetting_curves", "accuracy_heatmap", "method_comparison"):
         out = tmp_path / f"{script}.svg"

@@ -92,10 +92,23 @@ def test_cli_sweep_writes_results_summary_and_figure(tmp_path, capsys):
                  "--epochs", "1", "--set", "mem_size=100", "--out", str(out), "--quiet"])
     assert code == 0
     summary = json.loads((out / "sweep.json").read_text())
-    assert [r["temperature"] for r in summary["rows"]] == [1.0, 4.0]
-    assert summary["recommended"]["temperature"] in (1.0, 4.0)
-    assert all(r["agreement"] is not None and 0 <= r["agreement"] <= 1 for r in summary["rows"])
+    rows = summary["rows"]
+    assert [r["temperature"] for r in rows] == [1.0, 4.0]
+    # Each row is read back from its run's result file on the validation split.
+    runs = {r["config"]["method_args"]["temperature"]: r
+            for r in (json.loads(p.read_text()) for p in out.glob("split-digits__*.json"))}
+    assert sorted(runs) == [1.0, 4.0]
+    for row in rows:
+        result = runs[row["temperature"]]
+        assert result["config"]["validation_fraction"] == 0.1 and result["config"]["method_args"]["mem_size"] == 100
+        assert row["accuracy"] == pytest.approx(100 * result["final_average_accuracy"])
+        agreement = [d["agreement"] for d in result["diagnostics"] if d]
+        assert len(agreement) == 4 and row["agreement"] == pytest.approx(sum(agreement) / 4)
+    # The two temperatures train differently, and the better one is recommended.
+    assert rows[0]["accuracy"] != rows[1]["accuracy"]
+    best = max(rows, key=lambda r: r["accuracy"])
+    assert summary["recommended"] == {"temperature": best["temperature"], "alpha": 1.0}
     assert (out / "distillers_dilemma.png").is_file()
-    assert "recommended: temperature=" in capsys.readouterr().out
+    assert f"recommended: temperature={best['temperature']:g} alpha=1 ({best['accuracy']:.2f}%" in capsys.readouterr().out
     assert main(["sweep", "--temperature", "0", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert not (tmp_path / "bad").exists()
