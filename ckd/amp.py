@@ -17,15 +17,17 @@ from avalanche.core import SupervisedPlugin
 __all__ = ["AMP_DTYPES", "MixedPrecisionPlugin"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_WRAPPED = ("forward", "backward", "optimizer_step")
 
 
 class MixedPrecisionPlugin(SupervisedPlugin):
     """While the strategy trains, its ``forward`` runs under autocast (``dtype``:
-    ``"bf16"`` or ``"fp16"``) and returns float32 logits; with ``fp16`` its
+    ``"bf16"`` or ``"fp16"``) and returns float32 outputs; with ``fp16`` its
     ``backward`` scales the loss and its ``optimizer_step`` unscales, skips
-    non-finite steps and updates the scale. Outside training (evaluation) the
-    strategy is untouched. ``device_type``: ``"cuda"`` or ``"cpu"``.
+    non-finite steps and updates the scale. Evaluation runs in float32.
+    ``device_type``: ``"cuda"`` or ``"cpu"``.
+
+    The strategy's methods are wrapped once, when it first trains, and the
+    wrappers act only while ``strategy.is_training``; other plugins may wrap them too.
     """
 
     def __init__(self, dtype: str, device_type: str = "cuda") -> None:
@@ -37,13 +39,17 @@ class MixedPrecisionPlugin(SupervisedPlugin):
         self.dtype = AMP_DTYPES[dtype]
         self.device_type = device_type
         self.scaler = torch.amp.GradScaler(device_type) if dtype == "fp16" else None
-        self._saved: dict[str, object] = {}
+        self._wrapped: set[int] = set()
 
     def before_training(self, strategy, **kwargs) -> None:
-        self._saved = {name: vars(strategy)[name] for name in _WRAPPED if name in vars(strategy)}
+        if id(strategy) in self._wrapped:
+            return
+        self._wrapped.add(id(strategy))
         forward = strategy.forward
 
         def autocast_forward():
+            if not strategy.is_training:
+                return forward()
             with torch.autocast(self.device_type, dtype=self.dtype):
                 output = forward()
             return output.float()
@@ -60,9 +66,3 @@ class MixedPrecisionPlugin(SupervisedPlugin):
                 scaler.update()
 
             strategy.backward, strategy.optimizer_step = scaled_backward, scaled_step
-
-    def after_training(self, strategy, **kwargs) -> None:
-        for name in _WRAPPED:
-            vars(strategy).pop(name, None)
-        vars(strategy).update(self._saved)
-        self._saved = {}

@@ -117,17 +117,30 @@ class CropFlip:
 
 
 class AugmentationPlugin(SupervisedPlugin):
-    """Augments every row of the training minibatch just before the forward pass.
+    """Augments every row of the training minibatch as it enters the model.
 
-    Place it after the plugins that append replayed samples to ``strategy.mbatch``
-    (``KDReplayPlugin``), so the current and the replayed rows are augmented alike;
-    the strategy and the plugins see the augmented views in the forward pass only.
-    Evaluation is untouched. Draws from the torch generator of the batch's device.
+    It wraps the strategy's ``forward``, so it runs after every ``before_forward``
+    hook and after a strategy's own additions: the replayed rows a
+    ``KDReplayPlugin`` appends and those Avalanche's ``DER`` appends are augmented
+    with the current ones, wherever the plugin sits in the list. Plugins that read
+    ``strategy.mbatch`` after the forward see the augmented views. Evaluation is
+    untouched. Draws from the torch generator of the batch's device.
     """
 
     def __init__(self, augmentation: CropFlip) -> None:
         super().__init__()
         self.augmentation = augmentation
+        self._wrapped: set[int] = set()
 
-    def before_forward(self, strategy, **kwargs) -> None:
-        strategy.mbatch[0] = self.augmentation(strategy.mbatch[0])
+    def before_training(self, strategy, **kwargs) -> None:
+        if id(strategy) in self._wrapped:
+            return
+        self._wrapped.add(id(strategy))
+        forward = strategy.forward
+
+        def augmented_forward():
+            if strategy.is_training:
+                strategy.mbatch[0] = self.augmentation(strategy.mbatch[0])
+            return forward()
+
+        strategy.forward = augmented_forward
