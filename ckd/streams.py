@@ -746,7 +746,7 @@ def _build(
     train_labels, eval_labels = train.labels.numpy(), eval_source.labels.numpy()
     train_rng, eval_rng = _rng(options.seed, "train-subsample"), _rng(options.seed, "eval-subsample")
     train_sets, eval_sets = [], []
-    for classes, pixel_map, task in plan:
+    for classes, pixel_map, _task in plan:
         train_rows = train_pool[np.isin(train_labels[train_pool], classes)]
         eval_rows = eval_pool[np.isin(eval_labels[eval_pool], classes)]
         train_rows = _subsample(train_rows, train_labels, options.max_train_per_experience, train_rng)
