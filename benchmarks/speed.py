@@ -21,7 +21,11 @@ current + replayed rows, a teacher forward, soft KL + CE, backward, step; data
 as tensors, no DataLoader) — the lower bound; Avalanche ``Naive``; ``Naive`` +
 Avalanche ``ReplayPlugin`` at the same replay batch; Avalanche ``DER``;
 ckd ``kd-replay`` and ``kd-replay-cached`` (class-balanced buffer, soft targets on all
-outputs, α 1, T 2, β 1, as tuned for Seq-MNIST).
+outputs, α 1, T 2, β 1, as tuned for Seq-MNIST). ``*_fast``: the same strategy on
+the tensor-native path (``ckd.training``, the runner's default); ``kd_replay_vectorized_5``:
+kd-replay for seeds 0–4 as one stacked model (``ckd.vectorized``), its time per
+iteration covering all five seeds. ``vectorized_5_seeds_vs_5_sequential`` divides
+that by five times ``kd_replay_fast``.
 """
 
 from __future__ import annotations
@@ -44,17 +48,22 @@ import torch.nn.functional as F
 
 from ckd.files import write_json_atomic
 from ckd.losses import soft_kl
-from ckd.methods import TrainSettings, make_strategy
+from ckd.methods import TrainSettings, make_strategy, resolve_method_args
 from ckd.models import mlp
 from ckd.runner import device_name
 from ckd.streams import make_stream
 
-METHODS = ("raw_loop", "naive", "naive_replay", "der", "kd_replay", "kd_replay_cached")
+METHODS = ("raw_loop", "naive", "naive_replay", "der", "kd_replay", "kd_replay_cached",
+           "naive_fast", "kd_replay_fast", "kd_replay_vectorized_5")
+VECTORIZED_SEEDS = 5
 RATIOS = {
     "kd_replay_vs_naive_replay": ("kd_replay", "naive_replay"),
     "kd_replay_vs_der": ("kd_replay", "der"),
     "kd_replay_vs_raw_loop": ("kd_replay", "raw_loop"),
     "kd_replay_cached_vs_naive_replay": ("kd_replay_cached", "naive_replay"),
+    "kd_replay_fast_vs_raw_loop": ("kd_replay_fast", "raw_loop"),
+    "kd_replay_fast_vs_kd_replay": ("kd_replay_fast", "kd_replay"),
+    "naive_fast_vs_naive": ("naive_fast", "naive"),
 }
 
 
@@ -90,10 +99,12 @@ FAMILY = {  # name -> (method, settings): benchmarks/distillation_family.toml at
 class AvalancheMethod:
     """An Avalanche strategy trained on the first ``warmup`` experiences, then timed on the next."""
 
-    def __init__(self, method: str, args: dict, stream, settings: TrainSettings, warmup: int = 1) -> None:
+    def __init__(
+        self, method: str, args: dict, stream, settings: TrainSettings, warmup: int = 1, fast: bool = False,
+    ) -> None:
         torch.manual_seed(0)
         self.model = mlp(stream.input_shape, stream.n_classes)
-        self.strategy = make_strategy(method, self.model, settings, args)
+        self.strategy = make_strategy(method, self.model, settings, resolve_method_args(method, args), fast=fast)
         self.stream = stream
         for experience in stream.benchmark.train_stream[:warmup]:
             self.strategy.train(experience)
@@ -115,6 +126,36 @@ class AvalancheMethod:
         start = time.perf_counter()
         self.strategy.train(experience)
         _sync(device)
+        return time.perf_counter() - start
+
+
+class VectorizedMethod:
+    """kd-replay for seeds 0…n−1 as one stacked model (``ckd.vectorized``): trained on
+    experience 0, then timed on experience 1 (every seed's parameters restored each time)."""
+
+    def __init__(self, args: argparse.Namespace, n_seeds: int) -> None:
+        from ckd.runner import RunConfig
+        from ckd.vectorized import VectorizedTraining
+
+        configs = [
+            RunConfig("split-mnist", "kd-replay", seed=s, lr=0.03, batch_size=10, epochs=1, device=args.device,
+                      threads=args.threads, max_train_per_experience=args.max_train, max_test_per_experience=100,
+                      method_args=_kd_args(args.mem_size, args.replay_batch))
+            for s in range(n_seeds)
+        ]
+        self.training = VectorizedTraining(configs, args.data_root)
+        self.training.train_experience(0)
+        self.state = [p.detach().clone() for p in self.training.net.parameters()]
+        self.device = self.training.device
+
+    def time_experience(self, experience) -> float:
+        with torch.no_grad():
+            for p, saved in zip(self.training.net.parameters(), self.state):
+                p.copy_(saved)
+        _sync(self.device)
+        start = time.perf_counter()
+        self.training.train_experience(experience.current_experience)
+        _sync(self.device)
         return time.perf_counter() - start
 
 
@@ -190,11 +231,14 @@ def measure(args: argparse.Namespace) -> dict:
     device, stream, settings, experience, iterations = _setup(args, timed=1)
     runners = {}
     for name in args.methods:
-        runners[name] = (
-            RawLoop(stream, settings, args.mem_size, args.replay_batch)
-            if name == "raw_loop"
-            else AvalancheMethod(*_baseline(name, args.mem_size, args.replay_batch), stream, settings)
-        )
+        if name == "raw_loop":
+            runners[name] = RawLoop(stream, settings, args.mem_size, args.replay_batch)
+        elif name == "kd_replay_vectorized_5":
+            runners[name] = VectorizedMethod(args, VECTORIZED_SEEDS)
+        else:
+            fast = name.endswith("_fast")
+            method = _baseline(name.removesuffix("_fast"), args.mem_size, args.replay_batch)
+            runners[name] = AvalancheMethod(*method, stream, settings, fast=fast)
     samples: dict[str, list[float]] = {name: [] for name in runners}
     peak_cuda: dict[str, float | None] = {name: None for name in runners}
     for _ in range(args.repeats):
@@ -208,6 +252,10 @@ def measure(args: argparse.Namespace) -> dict:
     ratios = {
         key: seconds[a] / seconds[b] for key, (a, b) in RATIOS.items() if a in seconds and b in seconds
     }
+    if "kd_replay_vectorized_5" in seconds and "kd_replay_fast" in seconds:
+        ratios["vectorized_5_seeds_vs_5_sequential"] = (
+            seconds["kd_replay_vectorized_5"] / (VECTORIZED_SEEDS * seconds["kd_replay_fast"])
+        )
     return {
         "protocol": "Seq-MNIST (DER): MLP 784-100-100-10, SGD lr 0.03, stream batch 10, experience 1 timed",
         "device": device_name(device),
@@ -257,7 +305,8 @@ def profile(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     stream = make_stream("split-mnist", seed=0, data_root=args.data_root, max_train_per_experience=args.max_train)
     settings = TrainSettings(lr=0.03, batch_size=10, epochs=1, eval_batch_size=1000, device=args.device)
-    runner = AvalancheMethod(*_baseline(args.profile, args.mem_size, args.replay_batch), stream, settings)
+    method = _baseline(args.profile.removesuffix("_fast"), args.mem_size, args.replay_batch)
+    runner = AvalancheMethod(*method, stream, settings, fast=args.profile.endswith("_fast"))
     profiler = cProfile.Profile()
     profiler.enable()
     runner.time_experience(stream.benchmark.train_stream[1])
@@ -282,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", action="store_true",
                         help="time the distillation family on experience 4 instead (default 2000 images per experience)")
     parser.add_argument("--family-methods", nargs="+", default=list(FAMILY), choices=list(FAMILY))
-    parser.add_argument("--profile", default=None, choices=[m for m in METHODS if m != "raw_loop"],
+    parser.add_argument("--profile", default=None, choices=[m for m in METHODS if m not in ("raw_loop", "kd_replay_vectorized_5")],
                         help="print a cProfile of one method's timed experience instead")
     args = parser.parse_args(argv)
     if args.quick:
@@ -304,9 +353,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.json}", file=sys.stderr)
         return 0
     result = measure(args)
-    print(f"{'method':<18} {'ms / iteration':>15}")
+    print(f"{'method':<24} {'ms / iteration':>15}")
     for name, sec in result["seconds_per_iteration"].items():
-        print(f"{name:<18} {1000 * sec:>15.3f}")
+        print(f"{name:<24} {1000 * sec:>15.3f}")
     for key, value in result["ratios"].items():
         print(f"{key:<34} {value:.3f}")
     if args.json:

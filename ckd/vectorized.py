@@ -8,7 +8,7 @@ initialisation (built exactly as :func:`ckd.runner.run` builds them), its data
 order (the tensor path's seeded permutation, :mod:`ckd.training`), its replay
 buffer (a :class:`ckd.buffer.ReplayBuffer` with the seed's generator) and its
 teacher (a snapshot, cached logits or an EMA of its weights, stacked). The losses
-are :mod:`ckd.losses`' under ``vmap``. Each seed's result is the record
+are :mod:`ckd.losses`', summed over seeds (:func:`_summed_loss`). Each seed's result is the record
 :func:`ckd.runner.run` writes, marked ``"vectorized": true``; its accuracies match
 the seed's sequential run (``loader="tensor"``) up to floating-point rounding: the
 batched kernels add in another order.
@@ -44,6 +44,7 @@ from ckd.training import TensorBatches, dataset_tensors, permutation_seed
 __all__ = [
     "VECTORIZED_METHODS",
     "StackedModel",
+    "VectorizedTraining",
     "check_vectorizable",
     "run_vectorized",
     "run_vectorized_to_files",
@@ -196,7 +197,7 @@ class _StackedKD:
         self.alpha = self.alphas[exp] if self.alphas is not None else self.alpha_value
         if self.alphas is not None and exp >= len(self.alphas):
             raise ValueError(f"alpha has {len(self.alphas)} per-experience values but experience {exp} is being trained")
-        self._finite = torch.ones(len(self.buffers), dtype=torch.bool, device=device)
+        self._finite = torch.ones((), dtype=torch.bool, device=device)
         if self.teacher == "ema":
             from ckd.teacher import decay_for_half_life
 
@@ -287,10 +288,9 @@ class _StackedKD:
         self._finite &= torch.isfinite(kd)
 
     def check_finite(self, seeds: Sequence[int], exp: int) -> None:
-        if self._finite is not None and not bool(self._finite.all()):  # once per epoch
-            bad = [s for s, ok in zip(seeds, self._finite.tolist()) if not ok]
+        if self._finite is not None and not bool(self._finite):  # once per epoch
             raise FloatingPointError(
-                f"the distillation loss became NaN or infinite in experience {exp} for seed(s) {bad}; "
+                f"the distillation loss became NaN or infinite in experience {exp} for one of the seeds {list(seeds)}; "
                 "lower the learning rate or alpha"
             )
 
@@ -305,19 +305,31 @@ class _StackedKD:
             self.cover_all = False
 
 
-def _seed_loss(
+def _summed_loss(
     current: Tensor, y: Tensor, replayed: Tensor | None, replay_y: Tensor | None,
     target: Tensor | None, mask: Tensor | None, alpha: float, beta: float, temperature: float,
-) -> tuple[Tensor, Tensor]:
-    """One seed's loss, in the order the strategy and the KD plugin add its terms, and the KD term."""
-    loss = F.cross_entropy(current, y)
-    kd = torch.zeros((), device=current.device)
+) -> tuple[Tensor, Tensor | None]:
+    """The sum over seeds of each seed's loss (its terms as the strategy and the KD plugin
+    add them), and the KD term (``None`` without a teacher).
+
+    current ``(S, n, C)``, y ``(S, n)``; replayed ``(S, R, C)``; target ``(S, R, C_t)``.
+    Every seed has as many rows, so the sum over seeds of a batch mean is ``S`` times
+    the mean over all rows: one call of each :mod:`ckd.losses` function, no ``vmap``.
+    The seeds share no parameter, so each seed's gradient is its own loss's.
+    """
+    n_seeds = current.shape[0]
+
+    def rows(t: Tensor) -> Tensor:
+        return t.reshape(-1, *t.shape[2:])
+
+    loss = F.cross_entropy(rows(current), rows(y))
+    kd = None
     if target is not None:
-        kd = soft_kl(replayed, target, temperature, mask)
+        kd = soft_kl(rows(replayed), rows(target), temperature, None if mask is None else rows(mask))
         loss = loss + alpha * kd
     if replayed is not None and beta > 0:
-        loss = loss + beta * replay_cross_entropy(replayed, replay_y)
-    return loss, kd
+        loss = loss + beta * replay_cross_entropy(rows(replayed), rows(replay_y))
+    return n_seeds * loss, kd
 
 
 class _SeedData:
@@ -339,156 +351,188 @@ class _SeedData:
         return self.x[self.rows, index], self.y[self.rows, index], self.t[self.rows, index]
 
 
+class VectorizedTraining:
+    """The seeds of ``configs`` (one run per seed, otherwise equal) as one stacked
+    model: built as :func:`ckd.runner.run` builds each seed's run, then trained one
+    experience at a time (:meth:`train_experience`) and scored per seed (:meth:`score`)."""
+
+    def __init__(self, configs: Sequence, data_root: str | os.PathLike | None = None) -> None:
+        from ckd.methods import resolve_method_args
+        from ckd.models import make_model
+        from ckd.runner import PER_EXPERIENCE_ARGS, AccuracyEvaluator, seed_everything
+        from ckd.streams import make_stream
+
+        check_vectorizable(configs)
+        self.configs = list(configs)
+        first = self.first = self.configs[0]
+        self.seeds = [c.seed for c in configs]
+        self.device = torch.device(first.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
+        torch.set_num_threads(first.threads)
+        self.streams, self.models = [], []
+        for config in configs:  # as ckd.runner.run builds them, seed by seed
+            seed_everything(config.seed)
+            stream_args = dict(
+                seed=config.seed, data_root=data_root, n_experiences=config.n_experiences,
+                task_labels=config.task_labels, validation_fraction=config.validation_fraction,
+                max_train_per_experience=config.max_train_per_experience,
+                max_test_per_experience=config.max_test_per_experience,
+            )
+            if hasattr(config, "checksum"):
+                stream_args["checksum"] = config.checksum
+            stream = make_stream(config.stream, **stream_args)
+            if getattr(stream, "augmentation", None) is not None:
+                raise ValueError(f"vectorize does not apply {config.stream}'s training augmentation: run without --vectorize")
+            self.streams.append(stream)
+            self.models.append(make_model(config.model, stream.input_shape, stream.n_classes))
+        self.evaluators = [AccuracyEvaluator(s, self.device, first.eval_batch_size) for s in self.streams]
+        self.train_streams = [s.benchmark.train_stream for s in self.streams]
+        self.n_experiences = len(self.train_streams[0])
+        self.iterations = [math.ceil(len(e.dataset) / first.batch_size) * first.epochs for e in self.train_streams[0]]
+        args = resolve_method_args(first.method, first.method_args)
+        for key in PER_EXPERIENCE_ARGS:
+            value = args.get(key)
+            if isinstance(value, (list, tuple)) and len(value) != self.n_experiences:
+                raise ValueError(
+                    f"{key} is a per-experience list of {len(value)} values but {first.stream} has "
+                    f"{self.n_experiences} experiences"
+                )
+        self.net = StackedModel(self.models).to(self.device)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=first.lr, momentum=0.0)
+        self.kd = None if first.method == "naive" else _StackedKD(first.method, args, self.seeds, self.device)
+        self.matrices: list[list[list[float]]] = [[] for _ in configs]
+        self.task_matrices: list[list[list[float]]] = [[] for _ in configs]
+        self.diverged_at: list[int | None] = [None] * len(configs)
+
+    def _experience_data(self, i: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+        raw = []
+        for train in self.train_streams:
+            tensors = dataset_tensors(train[i].dataset.train())
+            if tensors is None:
+                raise ValueError(f"experience {i} of {self.first.stream} is not in-memory tensors: run without --vectorize")
+            raw.append(tuple(t.to(self.device) for t in tensors))
+        sizes = {x.shape[0] for x, _, _ in raw}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"the seeds' experience {i} differ in size {sorted(sizes)}: vectorize needs equal sizes "
+                "(no validation split or subsampling that depends on the seed)"
+            )
+        return raw
+
+    def train_experience(self, i: int, on_iteration=None) -> None:
+        """Train every seed on experience ``i``, in each seed's own data order."""
+        first, kd, net = self.first, self.kd, self.net
+        raw = self._experience_data(i)
+        orders = []
+        for config, (x, y, t) in zip(self.configs, raw):  # the seed's data order, as the tensor path draws it
+            torch.manual_seed(config.seed * 1000 + i)
+            generator = torch.Generator(device=self.device).manual_seed(permutation_seed())
+            orders.append(TensorBatches(x, y, t, batch_size=first.batch_size, generator=generator))
+        data = _SeedData(raw)
+        if kd is not None:
+            kd.before_experience(i, self.iterations[i], net, self.device)
+        net.train()
+        b = first.batch_size
+        for _ in range(first.epochs):
+            order = torch.stack([o.order() for o in orders])
+            for k in range(len(orders[0])):
+                x, y, t = data.batch(order[:, k * b : (k + 1) * b])
+                _step(net, self.optimizer, kd, x, y, t)
+                if kd is not None:
+                    kd.after_iteration(x, y, t, i, net)
+                if on_iteration is not None:
+                    on_iteration()
+            if kd is not None:
+                kd.check_finite(self.seeds, i)
+        if kd is not None:
+            task = int(getattr(self.train_streams[0][i], "task_label", 0))
+            kd.after_experience(i, raw, task, self.streams[0].classes_per_experience[i], net)
+
+    def score(self) -> None:
+        """Append each seed's accuracies on every test experience (a row of its matrix)."""
+        for s, (model, evaluator) in enumerate(zip(self.models, self.evaluators)):
+            model.to(self.device)
+            self.net.copy_into(s, model)
+            row, task_row = evaluator.accuracies(model)
+            self.matrices[s].append(row)
+            self.task_matrices[s].append(task_row)
+            if self.diverged_at[s] is None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                self.diverged_at[s] = len(self.matrices[s]) - 1
+
+    def records(self, wall: float, times: Sequence[float]) -> list[dict]:
+        """One result record per seed, as :func:`ckd.runner.run` writes it, marked vectorized."""
+        from ckd.metrics import compute_metrics
+        from ckd.runner import _peak_cpu_memory_mb, _versions, device_name
+
+        device, n = self.device, len(self.configs)
+        records = []
+        for s, (config, stream) in enumerate(zip(self.configs, self.streams)):
+            metrics = compute_metrics(self.matrices[s])
+            task_metrics = compute_metrics(self.task_matrices[s]) if stream.scenario != "domain-il" else None
+            records.append({
+                "stream": config.stream,
+                "method": config.method,
+                "label": config.name,
+                "seed": config.seed,
+                "scenario": stream.scenario,
+                "config": config.resolved(),
+                "experience_classes": stream.classes_per_experience,
+                "accuracy_matrix": self.matrices[s],
+                **metrics,
+                "task_il_accuracy_matrix": self.task_matrices[s] if task_metrics else None,
+                "final_average_task_il_accuracy": task_metrics["final_average_accuracy"] if task_metrics else None,
+                "scored_model": "model",
+                "diverged": self.diverged_at[s] is not None,
+                "diverged_at_experience": self.diverged_at[s],
+                "curve": None,
+                "diagnostics": None,
+                "wall_time_s": wall / n,
+                "wall_time_per_experience_s": [t / n for t in times],
+                "iterations_per_experience": self.iterations,
+                "peak_cpu_memory_mb": _peak_cpu_memory_mb(),
+                "peak_cuda_memory_mb": (
+                    torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+                ),
+                "device": device_name(device),
+                "versions": _versions(),
+                "vectorized": True,
+                "vectorized_seeds": self.seeds,
+                "vectorized_wall_time_s": wall,
+            })
+        return records
+
+
 def run_vectorized(configs: Sequence, data_root: str | os.PathLike | None = None, progress: bool = False) -> list[dict]:
     """Train ``configs`` (one run per seed, otherwise equal) in one pass; one result
-    record per config, in order, as :func:`ckd.runner.run` returns them."""
-    from ckd.metrics import compute_metrics
-    from ckd.methods import resolve_method_args
-    from ckd.models import make_model
-    from ckd.runner import (
-        PER_EXPERIENCE_ARGS, AccuracyEvaluator, _peak_cpu_memory_mb, _versions, device_name, seed_everything,
-    )
-    from ckd.streams import make_stream
+    record per config, in order, as :func:`ckd.runner.run` returns them.
 
-    check_vectorizable(configs)
-    first = configs[0]
-    seeds = [c.seed for c in configs]
-    device = torch.device(first.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
-    torch.set_num_threads(first.threads)
-    streams, models = [], []
-    for config in configs:  # as ckd.runner.run builds them, seed by seed
-        seed_everything(config.seed)
-        stream_args = dict(
-            seed=config.seed, data_root=data_root, n_experiences=config.n_experiences,
-            task_labels=config.task_labels, validation_fraction=config.validation_fraction,
-            max_train_per_experience=config.max_train_per_experience,
-            max_test_per_experience=config.max_test_per_experience,
-        )
-        if hasattr(config, "checksum"):
-            stream_args["checksum"] = config.checksum
-        stream = make_stream(config.stream, **stream_args)
-        if getattr(stream, "augmentation", None) is not None:
-            raise ValueError(f"vectorize does not apply {config.stream}'s training augmentation: run without --vectorize")
-        streams.append(stream)
-        models.append(make_model(config.model, stream.input_shape, stream.n_classes))
-    evaluators = [AccuracyEvaluator(s, device, first.eval_batch_size) for s in streams]
-    train_streams = [s.benchmark.train_stream for s in streams]
-    n_exp = len(train_streams[0])
-    iterations = [math.ceil(len(e.dataset) / first.batch_size) * first.epochs for e in train_streams[0]]
-    args = resolve_method_args(first.method, first.method_args)
-    for key in PER_EXPERIENCE_ARGS:
-        value = args.get(key)
-        if isinstance(value, (list, tuple)) and len(value) != n_exp:
-            raise ValueError(
-                f"{key} is a per-experience list of {len(value)} values but {first.stream} has {n_exp} experiences"
-            )
-
-    net = StackedModel(models).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=first.lr, momentum=0.0)
-    kd = None if first.method == "naive" else _StackedKD(first.method, args, seeds, device)
+    ``wall_time_s`` of each record is the pass's wall time divided by the number of
+    seeds (``vectorized_wall_time_s``: the whole pass)."""
+    training = VectorizedTraining(configs, data_root)
+    first, device = training.first, training.device
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(iterations), desc=f"{first.stream} {first.name} seeds {seeds}", unit="it", leave=False)
+        bar = tqdm(total=sum(training.iterations), desc=f"{first.stream} {first.name} seeds {training.seeds}",
+                   unit="it", leave=False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    matrices = [[] for _ in configs]
-    task_matrices = [[] for _ in configs]
-    diverged_at: list[int | None] = [None] * len(configs)
     times = []
     start = time.perf_counter()
     try:
-        for i in range(n_exp):
+        for i in range(training.n_experiences):
             t0 = time.perf_counter()
-            raw = []
-            for train in train_streams:
-                tensors = dataset_tensors(train[i].dataset.train())
-                if tensors is None:
-                    raise ValueError(f"experience {i} of {first.stream} is not in-memory tensors: run without --vectorize")
-                raw.append(tuple(t.to(device) for t in tensors))
-            sizes = {x.shape[0] for x, _, _ in raw}
-            if len(sizes) > 1:
-                raise ValueError(
-                    f"the seeds' experience {i} differ in size {sorted(sizes)}: vectorize needs equal sizes "
-                    "(no validation split or subsampling that depends on the seed)"
-                )
-            orders = []
-            for config, (x, y, t) in zip(configs, raw):  # the seed's data order, as the tensor path draws it
-                torch.manual_seed(config.seed * 1000 + i)
-                generator = torch.Generator(device=device).manual_seed(permutation_seed())
-                orders.append(TensorBatches(x, y, t, batch_size=first.batch_size, generator=generator))
-            data = _SeedData(raw)
-            if kd is not None:
-                kd.before_experience(i, iterations[i], net, device)
-            net.train()
-            for _ in range(first.epochs):
-                order = torch.stack([o.order() for o in orders])
-                for k in range(len(orders[0])):
-                    x, y, t = data.batch(order[:, k * first.batch_size : (k + 1) * first.batch_size])
-                    _step(net, optimizer, kd, x, y, t)
-                    if kd is not None:
-                        kd.after_iteration(x, y, t, i, net)
-                    if bar is not None:
-                        bar.update(1)
-                if kd is not None:
-                    kd.check_finite(seeds, i)
-            if kd is not None:
-                task = int(getattr(train_streams[0][i], "task_label", 0))
-                kd.after_experience(i, raw, task, streams[0].classes_per_experience[i], net)
+            training.train_experience(i, on_iteration=None if bar is None else (lambda: bar.update(1)))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
-            for s, (model, evaluator) in enumerate(zip(models, evaluators)):
-                model.to(device)
-                net.copy_into(s, model)
-                row, task_row = evaluator.accuracies(model)
-                matrices[s].append(row)
-                task_matrices[s].append(task_row)
-                if diverged_at[s] is None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                    diverged_at[s] = i
+            training.score()
     finally:
         if bar is not None:
             bar.close()
-    wall = time.perf_counter() - start
-
-    records = []
-    for s, (config, stream) in enumerate(zip(configs, streams)):
-        metrics = compute_metrics(matrices[s])
-        task_metrics = compute_metrics(task_matrices[s]) if stream.scenario != "domain-il" else None
-        records.append({
-            "stream": config.stream,
-            "method": config.method,
-            "label": config.name,
-            "seed": config.seed,
-            "scenario": stream.scenario,
-            "config": config.resolved(),
-            "experience_classes": stream.classes_per_experience,
-            "accuracy_matrix": matrices[s],
-            **metrics,
-            "task_il_accuracy_matrix": task_matrices[s] if task_metrics else None,
-            "final_average_task_il_accuracy": task_metrics["final_average_accuracy"] if task_metrics else None,
-            "scored_model": "model",
-            "diverged": diverged_at[s] is not None,
-            "diverged_at_experience": diverged_at[s],
-            "curve": None,
-            "diagnostics": None,
-            "wall_time_s": wall / len(configs),
-            "wall_time_per_experience_s": [t / len(configs) for t in times],
-            "iterations_per_experience": iterations,
-            "peak_cpu_memory_mb": _peak_cpu_memory_mb(),
-            "peak_cuda_memory_mb": (
-                torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-            ),
-            "device": device_name(device),
-            "versions": _versions(),
-            "vectorized": True,
-            "vectorized_seeds": seeds,
-            "vectorized_wall_time_s": wall,
-        })
-    return records
+    return training.records(time.perf_counter() - start, times)
 
 
 def _step(net: StackedModel, optimizer: torch.optim.Optimizer, kd: _StackedKD | None,
@@ -500,16 +544,14 @@ def _step(net: StackedModel, optimizer: torch.optim.Optimizer, kd: _StackedKD | 
     inputs = x if replay is None else torch.cat([x, replay["x"]], dim=1)
     out = net(inputs)
     if replay is None:
-        losses = vmap(F.cross_entropy)(out, y)
+        loss, kd_term = _summed_loss(out, y, None, None, None, None, 0.0, 0.0, 1.0)
     else:
         target, mask = kd.targets(replay, net)
-        loss_fn = vmap(_seed_loss, in_dims=(0, 0, 0, 0, None if target is None else 0,
-                                            None if mask is None else 0, None, None, None))
-        losses, kd_terms = loss_fn(out[:, :n], y, out[:, n:], replay["y"], target, mask,
-                                   kd.alpha, kd.beta, kd.temperature)
-        if target is not None:
-            kd.note_finite(kd_terms)
-    losses.sum().backward()
+        loss, kd_term = _summed_loss(out[:, :n], y, out[:, n:], replay["y"], target, mask,
+                                     kd.alpha, kd.beta, kd.temperature)
+        if kd_term is not None:
+            kd.note_finite(kd_term)
+    loss.backward()
     optimizer.step()
 
 
