@@ -136,8 +136,8 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
 
 def _kd_plugins(method: str, args: dict[str, Any]) -> list:
     """A KDReplayPlugin with its teacher part, and the parts the settings turn on."""
-    from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
     from ckd.config import KDReplayConfig
+    from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
     from ckd.plugins import KDReplayPlugin, LogitMatchingPlugin
     from ckd.teacher import make_teacher
     from ckd.weight_averaging import EMAEvaluationPlugin

@@ -295,10 +295,10 @@ def run(
     under ``log_dir``. The strategy then also runs ``strategy.eval`` on the test
     stream after each experience, to feed them; the result is the same.
     """
-    from ckd.loggers import close_loggers, make_loggers
-    from ckd.methods import TrainSettings, make_strategy, resolve_method_args
     from ckd.amp import MixedPrecisionPlugin
     from ckd.augment import AugmentationPlugin
+    from ckd.loggers import close_loggers, make_loggers
+    from ckd.methods import TrainSettings, make_strategy, resolve_method_args
     from ckd.models import make_model
     from ckd.streams import make_stream
 

@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from avalanche.core import SupervisedPlugin
 from avalanche.models import IncrementalClassifier, MultiHeadClassifier, MultiTaskModule
 from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LRSchedulerPlugin
-from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from ckd import KDReplayPlugin
 from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
 from ckd.plugins import KDReplayConfig, LogitMatchingPlugin
-from ckd.teacher import EnsembleTeacher
 from ckd.runner import AccuracyEvaluator, RunConfig, run
 from ckd.streams import make_stream
+from ckd.teacher import EnsembleTeacher
 
 
 @pytest.fixture(scope="module")
@@ -452,7 +452,7 @@ def test_current_data_distillation_shares_the_kd_plugins_teacher(digits):
 
 
 def test_current_alpha_needs_a_teacher_model():
-    from ckd.methods import make_strategy, TrainSettings
+    from ckd.methods import TrainSettings, make_strategy
 
     settings = TrainSettings(0.1, 10, 1, 100, "cpu")
     with pytest.raises(ValueError, match="current_alpha > 0 needs a teacher model"):
