@@ -95,7 +95,8 @@ class AsymmetricCrossEntropyPlugin(SupervisedPlugin):
         out = strategy.mb_output
         drop = self._masks.get(out.shape[1])
         if drop is None:  # once per experience and head width
-            drop = torch.ones(out.shape[1], dtype=torch.bool)
-            drop[self._classes[self._classes < out.shape[1]]] = False
-            drop = self._masks.setdefault(out.shape[1], drop.to(out.device))
+            width = out.shape[1]
+            keep = torch.zeros(width + 1, dtype=torch.bool)  # the last slot takes classes beyond the head
+            keep[self._classes.clamp_max(width)] = True
+            drop = self._masks.setdefault(width, (~keep[:width]).to(out.device))
         strategy.mb_output = out.masked_fill(drop, torch.finfo(out.dtype).min / 4)
