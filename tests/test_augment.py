@@ -126,3 +126,38 @@ def test_plugin_augments_every_row_the_model_sees_and_only_in_training():
     strategy.mbatch[0], strategy.is_training = x.clone(), False
     strategy.forward()
     assert torch.equal(strategy.seen[-1], x) and len(strategy.seen) == 2
+
+
+def test_teacher_targets_use_the_augmented_views_of_the_replayed_rows(tmp_path):
+    """With kd-replay, the rows the KD plugin appends are augmented before the forward
+    pass, and the teacher is given exactly the views the student saw."""
+    from torch import nn
+
+    from archives import write_cifar10
+    from ckd.methods import TrainSettings, make_strategy, resolve_method_args
+    from ckd.plugins import KDReplayPlugin
+    from ckd.streams import make_stream
+
+    write_cifar10(tmp_path, train_per_class=8, test_per_class=1)
+    stream = make_stream("split-cifar10", data_root=tmp_path, checksum=False, n_experiences=5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0]) if module.training else None)
+    args = resolve_method_args("kd-replay", {"mem_size": 40, "replay_batch_size": 6})
+    strategy = make_strategy(
+        "kd-replay", model, TrainSettings(0.01, 8, 1, 100, "cpu"), args, seed=0,
+        extra_plugins=[AugmentationPlugin(stream.augmentation)],
+    )
+    kd = next(p for p in strategy.plugins if isinstance(p, KDReplayPlugin))
+    given: list[tuple[torch.Tensor, torch.Tensor]] = []
+    soft_targets = kd.teacher_part.soft_targets
+    kd.teacher_part.soft_targets = lambda sample, x: (given.append((sample.x, x)), soft_targets(sample, x))[1]
+    for experience in stream.benchmark.train_stream[:2]:
+        strategy.train(experience)
+    # the teacher exists from experience 1 on: its 16 images, two steps of 8 + 6 replayed rows
+    replayed = [batch[8:] for batch in seen[2:] if batch.shape[0] == 8 + 6]
+    assert len(given) == len(replayed) == 2
+    for (stored, teacher_x), student_x in zip(given, replayed):
+        assert torch.equal(teacher_x, student_x)
+        assert not torch.equal(teacher_x, stored)  # an augmented view, not the stored image
