@@ -16,7 +16,8 @@ batched kernels add in another order.
 What it covers (:func:`check_vectorizable` says why anything else is refused):
 ``naive``, and ``kd-replay`` / ``kd-replay-cached`` / ``kd-ema`` with one teacher
 (snapshot, cached or EMA), a reservoir or class-balanced buffer, ``alpha``,
-``beta``, ``temperature`` (``alpha`` per experience too); models without
+``beta``, ``temperature`` (``alpha`` per experience too), scored with an EMA of
+the weights or not (``eval_ema_half_life``); models without
 normalisation or dropout layers (``mlp``, ``cnn``); streams of in-memory tensors
 without augmentation; no mixed precision, no periodic evaluation.
 """
@@ -54,9 +55,8 @@ VECTORIZED_METHODS = ("naive", "kd-replay", "kd-replay-cached", "kd-ema")
 
 # kd-* settings vectorize implements, and the ones it needs at a given value (parts it does not stack).
 _KD_SETTINGS = {"mem_size", "replay_batch_size", "alpha", "temperature", "beta", "policy", "teacher",
-                "known_classes_only", "ensemble", "ema_half_life"}
-_KD_FIXED = {"n_teachers": 1, "logit_weight": 0.0, "current_alpha": 0.0, "current_classes_only": False,
-             "eval_ema_half_life": 0.0}
+                "known_classes_only", "ensemble", "ema_half_life", "eval_ema_half_life"}
+_KD_FIXED = {"n_teachers": 1, "logit_weight": 0.0, "current_alpha": 0.0, "current_classes_only": False}
 _TEACHERS = ("snapshot", "cached", "ema")
 # Batch of the once-per-experience passes over the buffer, as the KD plugin's.
 _PASS_BATCH = 1000
@@ -156,12 +156,35 @@ class StackedModel(nn.Module):
         return {k: v.detach().clone() for k, v in self.param_dict().items()}
 
     @torch.no_grad()
-    def copy_into(self, s: int, model: nn.Module) -> nn.Module:
-        """Load seed ``s``'s parameters into ``model`` (same architecture)."""
-        params = self.param_dict()
+    def copy_into(self, s: int, model: nn.Module, params: dict[str, Tensor] | None = None) -> nn.Module:
+        """Load seed ``s``'s parameters (or those of ``params``, same layout) into ``model``."""
+        params = self.param_dict() if params is None else params
         for name, p in model.named_parameters():
             p.copy_(params[name][s])
         return model
+
+
+class _StackedEMA:
+    """An exponential moving average of every seed's weights, stacked: as
+    :class:`ckd.teacher.EMAWeights` (copied from the model when the first experience
+    starts, ``λ`` set per experience from its steps, one ``lerp`` per iteration)."""
+
+    def __init__(self, half_life: float) -> None:
+        self.half_life = half_life
+        self.decay = 0.0
+        self.params: dict[str, Tensor] | None = None
+
+    def start_experience(self, net: "StackedModel", steps: int) -> None:
+        from ckd.teacher import decay_for_half_life
+
+        self.decay = decay_for_half_life(self.half_life, steps)
+        if self.params is None:
+            self.params = net.detached()
+
+    @torch.no_grad()
+    def update(self, net: "StackedModel") -> None:
+        live = net.param_dict()
+        torch._foreach_lerp_([self.params[k] for k in net.names], [live[k].detach() for k in net.names], 1.0 - self.decay)
 
 
 class _StackedKD:
@@ -187,8 +210,7 @@ class _StackedKD:
         self.cover_all = False
         self.has_logits = False
         self.alpha = 0.0
-        self.decay = 0.0
-        self.ema: dict[str, Tensor] | None = None
+        self.ema = _StackedEMA(args["ema_half_life"]) if self.teacher == "ema" else None
         self._finite: Tensor | None = None
         self._table: tuple | None = None
 
@@ -198,12 +220,8 @@ class _StackedKD:
         if self.alphas is not None and exp >= len(self.alphas):
             raise ValueError(f"alpha has {len(self.alphas)} per-experience values but experience {exp} is being trained")
         self._finite = torch.ones((), dtype=torch.bool, device=device)
-        if self.teacher == "ema":
-            from ckd.teacher import decay_for_half_life
-
-            self.decay = decay_for_half_life(self.args["ema_half_life"], steps)
-            if self.ema is None:
-                self.ema = net.detached()
+        if self.ema is not None:
+            self.ema.start_experience(net, steps)
 
     @property
     def ready(self) -> bool:
@@ -227,7 +245,7 @@ class _StackedKD:
             self.teacher_params = net.detached()
             self.teacher_seen = self.seen.clone()
         elif self.teacher == "ema":
-            self.teacher_params = self.ema
+            self.teacher_params = self.ema.params  # live: the average goes on moving
             self.teacher_seen = self.seen.clone()
         elif self.uses_replay and not self.buffers[0].is_empty:
             self._cache_logits(net)
@@ -295,10 +313,8 @@ class _StackedKD:
             )
 
     def after_iteration(self, x: Tensor, y: Tensor, t: Tensor, exp: int, net: StackedModel) -> None:
-        if self.teacher == "ema":
-            with torch.no_grad():
-                ema, live = self.ema, net.param_dict()
-                torch._foreach_lerp_([ema[k] for k in net.names], [live[k].detach() for k in net.names], 1.0 - self.decay)
+        if self.ema is not None:
+            self.ema.update(net)
         if self.policy == "reservoir" and self.uses_replay:
             for s, buffer in enumerate(self.buffers):
                 buffer.reservoir_add(x[s], y[s], t[s], exp)
@@ -401,6 +417,8 @@ class VectorizedTraining:
         self.net = StackedModel(self.models).to(self.device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=first.lr, momentum=0.0)
         self.kd = None if first.method == "naive" else _StackedKD(first.method, args, self.seeds, self.device)
+        half_life = args.get("eval_ema_half_life", 0.0) if first.method != "naive" else 0.0
+        self.eval_ema = _StackedEMA(half_life) if half_life > 0 else None  # ckd.weight_averaging's
         self.matrices: list[list[list[float]]] = [[] for _ in configs]
         self.task_matrices: list[list[list[float]]] = [[] for _ in configs]
         self.diverged_at: list[int | None] = [None] * len(configs)
@@ -432,6 +450,8 @@ class VectorizedTraining:
         data = _SeedData(raw)
         if kd is not None:
             kd.before_experience(i, self.iterations[i], net, self.device)
+        if self.eval_ema is not None:
+            self.eval_ema.start_experience(net, self.iterations[i])
         net.train()
         b = first.batch_size
         for _ in range(first.epochs):
@@ -441,6 +461,8 @@ class VectorizedTraining:
                 _step(net, self.optimizer, kd, x, y, t)
                 if kd is not None:
                     kd.after_iteration(x, y, t, i, net)
+                if self.eval_ema is not None:
+                    self.eval_ema.update(net)
                 if on_iteration is not None:
                     on_iteration()
             if kd is not None:
@@ -450,15 +472,18 @@ class VectorizedTraining:
             kd.after_experience(i, raw, task, self.streams[0].classes_per_experience[i], net)
 
     def score(self) -> None:
-        """Append each seed's accuracies on every test experience (a row of its matrix)."""
+        """Append each seed's accuracies on every test experience (a row of its matrix),
+        scoring the EMA of its weights when ``eval_ema_half_life > 0``, as the runner does."""
         for s, (model, evaluator) in enumerate(zip(self.models, self.evaluators)):
             model.to(self.device)
             self.net.copy_into(s, model)
+            if self.diverged_at[s] is None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                self.diverged_at[s] = len(self.matrices[s])
+            if self.eval_ema is not None:
+                self.net.copy_into(s, model, self.eval_ema.params)
             row, task_row = evaluator.accuracies(model)
             self.matrices[s].append(row)
             self.task_matrices[s].append(task_row)
-            if self.diverged_at[s] is None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                self.diverged_at[s] = len(self.matrices[s]) - 1
 
     def records(self, wall: float, times: Sequence[float]) -> list[dict]:
         """One result record per seed, as :func:`ckd.runner.run` writes it, marked vectorized."""
@@ -482,7 +507,7 @@ class VectorizedTraining:
                 **metrics,
                 "task_il_accuracy_matrix": self.task_matrices[s] if task_metrics else None,
                 "final_average_task_il_accuracy": task_metrics["final_average_accuracy"] if task_metrics else None,
-                "scored_model": "model",
+                "scored_model": "model" if self.eval_ema is None else "ema",
                 "diverged": self.diverged_at[s] is not None,
                 "diverged_at_experience": self.diverged_at[s],
                 "curve": None,

@@ -23,6 +23,8 @@ def _cases():
              ("kd-replay", {"policy": "class_balanced", "alpha": [0.0, 1.0, 2.0, 1.0, 0.5]})]
     if "kd-ema" in METHOD_DEFAULTS:
         cases.append(("kd-ema", {}))
+    if "eval_ema_half_life" in METHOD_DEFAULTS["kd-replay"]:  # scored with an EMA of the weights
+        cases.append(("kd-replay", {"eval_ema_half_life": 0.3}))
     return [pytest.param(m, a, id=f"{m}-{'-'.join(map(str, a.values())) or 'defaults'}") for m, a in cases]
 
 
