@@ -17,7 +17,8 @@ TEACHER_NAMES = ("snapshot", "cached", "own", "ensemble", "ema")
 @dataclass(frozen=True)
 class KDReplayConfig:
     """Settings of :class:`KDReplayPlugin`; the defaults are the best general values
-    measured on validation splits (docs/tuning.md).
+    measured on validation splits of Seq-MNIST, Split-FMNIST and split-digits
+    (docs/tuning.md, ``benchmarks/tuning/defaults_search.toml``).
 
     mem_size: replay memory slots. replay_batch_size: replayed samples added to
     each training minibatch. alpha: weight of the soft KL on replayed samples (or
@@ -30,7 +31,7 @@ class KDReplayConfig:
     """
 
     mem_size: int = 500
-    replay_batch_size: int = 32
+    replay_batch_size: int = 64
     alpha: float | tuple[float, ...] = 1.0
     temperature: float = 4.0
     beta: float = 1.0

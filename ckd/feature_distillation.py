@@ -1,8 +1,8 @@
 """Feature- and relation-based distillation on the samples a KDReplayPlugin replays.
 
-Both plugins ride on a :class:`~ckd.plugins.KDReplayPlugin` with
-``teacher="snapshot"``: they read which rows of the step were replayed and the
-frozen teacher it keeps, capture activations with forward hooks (any
+Both plugins ride on a :class:`~ckd.plugins.KDReplayPlugin` whose teacher keeps a
+model (snapshot, ensemble — its latest snapshot — or EMA): they read which rows of
+the step were replayed and that teacher model, capture activations with forward hooks (any
 ``nn.Module``; by default the input of the model's last ``nn.Linear``, i.e. the
 penultimate representation), and add their term to ``strategy.loss``. Hooks
 live only while an epoch trains.
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ckd.losses import feature_distance, rkd_angle, rkd_distance
 from ckd.plugins import KDReplayPlugin
+from ckd.teacher import CachedTeacher
 
 __all__ = ["FeatureDistillationPlugin", "RelationDistillationPlugin", "PENULTIMATE"]
 
@@ -75,10 +76,10 @@ class _Weighted:
 class _ReplayFeaturePlugin(SupervisedPlugin):
     def __init__(self, replay: KDReplayPlugin, modules: Sequence[str], weight: float) -> None:
         super().__init__()
-        if replay.config.teacher != "snapshot":
+        if isinstance(replay.teacher_part, CachedTeacher):
             raise ValueError(
-                f"feature and relation distillation need the teacher model: the KDReplayPlugin has "
-                f"teacher={replay.config.teacher!r}, use 'snapshot'"
+                f"feature and relation distillation need the teacher model: the KDReplayPlugin's teacher "
+                f"{replay.teacher_part.name!r} keeps logits only; use 'snapshot', 'ensemble' or 'ema'"
             )
         if not modules:
             raise ValueError("modules must name at least one module (or 'penultimate')")
@@ -105,7 +106,7 @@ class _ReplayFeaturePlugin(SupervisedPlugin):
         if step is None or teacher is None or self.weight == 0:
             return
         with _capture(teacher.model, self.modules) as teacher_features, torch.inference_mode():
-            avalanche_forward(teacher.model, step.sample.x, step.sample.task)
+            avalanche_forward(teacher.model, step.x, step.sample.task)
         loss = sum(
             self.term(self._student_features[name][step.rows].flatten(1), teacher_features[name].flatten(1).clone())
             for name in self.modules

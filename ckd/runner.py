@@ -23,6 +23,7 @@ from avalanche.core import SupervisedPlugin
 
 from ckd.files import write_json_atomic
 from ckd.metrics import compute_metrics
+from ckd.weight_averaging import evaluation_model
 
 __all__ = [
     "AccuracyEvaluator",
@@ -171,8 +172,15 @@ class RunConfig:
 
 def config_from_result(result: dict[str, Any], **overrides: Any) -> RunConfig:
     """The :class:`RunConfig` a result JSON was produced with (``overrides`` replace fields)."""
+    from ckd.methods import LEGACY_KD_ARGS, METHOD_DEFAULTS
+
     known = {f.name for f in fields(RunConfig)}
     values = {k: v for k, v in result["config"].items() if k in known}
+    method = values.get("method", "")
+    if method.startswith("kd-") and "method_args" in values:
+        # Results written before every setting was recorded: a missing key meant the old default.
+        legacy = {k: v for k, v in LEGACY_KD_ARGS.items() if k in METHOD_DEFAULTS.get(method, {})}
+        values["method_args"] = {**legacy, **values["method_args"]}
     values.setdefault("loader", "avalanche")  # written before the tensor path existed
     values.update(overrides)
     return RunConfig(**values)
@@ -369,7 +377,7 @@ def run(
             if config.method == "joint":
                 t0 = time.perf_counter()
                 strategy.train(train_stream)
-                row, task_row = evaluator.accuracies(strategy.model)
+                row, task_row = evaluator.accuracies(evaluation_model(strategy)[0])
                 matrix, task_matrix = [row] * n_exp, [task_row] * n_exp
                 if avalanche_loggers:
                     strategy.eval(stream.benchmark.test_stream)
@@ -386,7 +394,7 @@ def run(
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     times.append(time.perf_counter() - t0)
-                    row, task_row = evaluator.accuracies(strategy.model)
+                    row, task_row = evaluator.accuracies(evaluation_model(strategy)[0])
                     matrix.append(row)
                     task_matrix.append(task_row)
                     if avalanche_loggers:
@@ -413,6 +421,7 @@ def run(
         **metrics,
         "task_il_accuracy_matrix": task_matrix if task_metrics else None,
         "final_average_task_il_accuracy": task_metrics["final_average_accuracy"] if task_metrics else None,
+        "scored_model": evaluation_model(strategy)[1],
         "diverged": diverged_at is not None,
         "diverged_at_experience": diverged_at,
         "curve": curve.record() if curve is not None else None,
@@ -535,7 +544,7 @@ class _PeriodicEvaluation(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs) -> None:
         self.iteration += 1
         if self.iteration % self.every == 0:
-            accuracies, _ = self.evaluator.accuracies(strategy.model)
+            accuracies, _ = self.evaluator.accuracies(evaluation_model(strategy)[0])
             self.points.append((self.iteration, strategy.experience.current_experience, accuracies))
 
     def record(self) -> dict[str, list]:

@@ -55,7 +55,7 @@ def test_feature_term_is_zero_until_the_student_moves_away_from_its_teacher(digi
 
 
 def test_feature_plugins_reject_bad_settings():
-    with pytest.raises(ValueError, match="teacher='cached', use 'snapshot'"):
+    with pytest.raises(ValueError, match="teacher 'cached' keeps logits only"):
         FeatureDistillationPlugin(KDReplayPlugin(teacher="cached"))
     with pytest.raises(ValueError, match="weight must be >= 0, got -1"):
         RelationDistillationPlugin(KDReplayPlugin(), weight=-1)
