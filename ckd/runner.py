@@ -340,7 +340,7 @@ def run(
     if config.eval_every:
         curve = _PeriodicEvaluation(evaluator, config.eval_every)
         extra.append(curve)
-    if stream.augmentation is not None:  # after the method's plugins: augments replayed rows too
+    if stream.augmentation is not None:  # every row the model receives, replayed ones included
         extra.append(AugmentationPlugin(stream.augmentation))
     if config.amp is not None:
         extra.append(MixedPrecisionPlugin(config.amp, device.type))
