@@ -1,0 +1,62 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from ckd.methods import LEGACY_KD_ARGS, METHOD_DEFAULTS, make_strategy, resolve_method_args
+from ckd.runner import config_from_result
+
+RESULTS = sorted(Path(__file__).parents[1].joinpath("benchmarks", "results").rglob("*__seed*.json"))
+
+
+def test_every_committed_result_maps_to_a_config_that_runs_the_same_parts():
+    assert len(RESULTS) > 100
+    for path in RESULTS:
+        result = json.loads(path.read_text())
+        config = config_from_result(result)
+        recorded = result["config"]["method_args"]
+        resolved = config.resolved()["method_args"]
+        # What the result recorded is kept; what it did not record takes the value it had then.
+        assert {k: resolved[k] for k in recorded} == recorded, path.name
+        if config.method.startswith("kd-"):
+            for key in set(resolved) - set(recorded):
+                expected = LEGACY_KD_ARGS.get(key, METHOD_DEFAULTS[config.method][key])
+                assert resolved[key] == expected, (path.name, key)
+
+
+def _plugins(method, **overrides):
+    import torch
+    from torch import nn
+
+    from ckd.methods import TrainSettings
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    args = resolve_method_args(method, overrides)
+    strategy = make_strategy(method, model, TrainSettings(0.1, 10, 1, 100, "cpu"), args)
+    return [type(p).__name__ for p in strategy.plugins if type(p).__module__.startswith("ckd")], strategy
+
+
+@pytest.mark.parametrize(
+    "method, overrides, parts, teacher",
+    [
+        ("kd-replay", {}, ["KDReplayPlugin", "EMAEvaluationPlugin"], "SnapshotTeacher"),
+        ("kd-replay", {"eval_ema_half_life": 0.0}, ["KDReplayPlugin"], "SnapshotTeacher"),
+        ("kd-ema", {}, ["KDReplayPlugin", "EMAEvaluationPlugin"], "EMATeacher"),
+        ("kd-multi-teacher", {}, ["KDReplayPlugin", "EMAEvaluationPlugin"], "EnsembleTeacher"),
+        ("kd-replay-cached", {}, ["KDReplayPlugin", "EMAEvaluationPlugin"], "CachedTeacher"),
+        ("kd-replay", {"teacher": "own", "eval_ema_half_life": 0.0}, ["KDReplayPlugin"], "OwnExperienceTeacher"),
+        (
+            "kd-replay-lwf",
+            {"current_classes_only": True, "logit_weight": 0.5, "weight_aligning": True},
+            ["WeightAligningPlugin", "KDReplayPlugin", "LogitMatchingPlugin", "AsymmetricCrossEntropyPlugin",
+             "CurrentDistillationPlugin", "EMAEvaluationPlugin"],
+            "SnapshotTeacher",
+        ),
+        ("kd-lwf", {}, ["CurrentDistillationPlugin"], None),
+    ],
+)
+def test_methods_compose_the_parts_their_settings_name(method, overrides, parts, teacher):
+    names, strategy = _plugins(method, **overrides)
+    assert [n for n in names if n != "_ProgressPlugin"] == parts
+    kd = next((p for p in strategy.plugins if type(p).__name__ == "KDReplayPlugin"), None)
+    assert (type(kd.teacher_part).__name__ if kd else None) == teacher
