@@ -15,7 +15,7 @@ batched kernels add in another order.
 
 What it covers (:func:`check_vectorizable` says why anything else is refused):
 ``naive``, and ``kd-replay`` / ``kd-replay-cached`` / ``kd-ema`` with one teacher
-(snapshot, cached or EMA), a reservoir or class-balanced buffer, ``alpha``,
+(snapshot, cached logits, own-experience logits or EMA), a reservoir or class-balanced buffer, ``alpha``,
 ``beta``, ``temperature`` (``alpha`` per experience too), scored with an EMA of
 the weights or not (``eval_ema_half_life``); models without
 normalisation or dropout layers (``mlp``, ``cnn``); streams of in-memory tensors
@@ -57,7 +57,8 @@ VECTORIZED_METHODS = ("naive", "kd-replay", "kd-replay-cached", "kd-ema")
 _KD_SETTINGS = {"mem_size", "replay_batch_size", "alpha", "temperature", "beta", "policy", "teacher",
                 "known_classes_only", "ensemble", "ema_half_life", "eval_ema_half_life"}
 _KD_FIXED = {"n_teachers": 1, "logit_weight": 0.0, "current_alpha": 0.0, "current_classes_only": False}
-_TEACHERS = ("snapshot", "cached", "ema")
+_TEACHERS = ("snapshot", "cached", "own", "ema")
+_LOGIT_TEACHERS = ("cached", "own")  # logits kept in the buffer: refreshed every experience, or once per slot
 # Batch of the once-per-experience passes over the buffer, as the KD plugin's.
 _PASS_BATCH = 1000
 
@@ -225,7 +226,7 @@ class _StackedKD:
 
     @property
     def ready(self) -> bool:
-        return self.has_logits if self.teacher == "cached" else self.teacher_params is not None
+        return self.has_logits if self.teacher in _LOGIT_TEACHERS else self.teacher_params is not None
 
     def after_experience(self, exp: int, data: list[tuple[Tensor, Tensor, Tensor]], task: int,
                          classes: list[int], net: StackedModel) -> None:
@@ -248,12 +249,16 @@ class _StackedKD:
             self.teacher_params = self.ema.params  # live: the average goes on moving
             self.teacher_seen = self.seen.clone()
         elif self.uses_replay and not self.buffers[0].is_empty:
-            self._cache_logits(net)
+            self._cache_logits(net, only_new=self.teacher == "own")
 
     @torch.no_grad()
-    def _cache_logits(self, net: StackedModel) -> None:
+    def _cache_logits(self, net: StackedModel, only_new: bool) -> None:
+        """Each seed's logits for its buffer slots (``only_new``: the slots without any
+        yet, as the own-experience teacher keeps them), in passes of ``_PASS_BATCH``."""
         for s, buffer in enumerate(self.buffers):
             slots = torch.arange(len(buffer), device=buffer.device)
+            if only_new and buffer.logits_mask is not None:
+                slots = (~buffer.logits_mask.any(dim=1)).nonzero().squeeze(1)  # once per experience
             for start in range(0, slots.shape[0], _PASS_BATCH):
                 index = slots[start : start + _PASS_BATCH]
                 rows = buffer.gather(index)
@@ -287,7 +292,7 @@ class _StackedKD:
         """Each seed's draw from its own buffer, stacked: ``x (S, R, ...)``, ``y``, ``task (S, R)``."""
         draws = [b.sample(self.replay_batch_size) for b in self.buffers]
         out = {k: torch.stack([getattr(d, k) for d in draws]) for k in ("x", "y", "task")}
-        if self.teacher == "cached" and self.has_logits:
+        if self.teacher in _LOGIT_TEACHERS and self.has_logits:
             out["logits"] = torch.stack([d.logits for d in draws])
             out["logits_mask"] = None if self.cover_all else torch.stack([d.logits_mask for d in draws])
         return out
@@ -297,7 +302,7 @@ class _StackedKD:
         """Soft-target logits ``(S, R, C_t)`` and mask (``None``: every output)."""
         if self.alpha <= 0 or not self.ready:
             return None, None
-        if self.teacher == "cached":
+        if self.teacher in _LOGIT_TEACHERS:
             return replay["logits"], replay["logits_mask"]
         logits = net(replay["x"], params=self.teacher_params)
         return logits, self._mask(self.teacher_seen, replay["task"], logits.shape[-1])

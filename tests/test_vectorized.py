@@ -19,7 +19,7 @@ def _configs(method, seeds=SEEDS, **fields):
 
 def _cases():
     cases = [("naive", {}), ("kd-replay", {}), ("kd-replay-cached", {}),
-             ("kd-replay", {"policy": "class_balanced", "teacher": "cached"}),
+             ("kd-replay", {"policy": "class_balanced", "teacher": "cached"}), ("kd-replay", {"teacher": "own"}),
              ("kd-replay", {"policy": "class_balanced", "alpha": [0.0, 1.0, 2.0, 1.0, 0.5]})]
     if "kd-ema" in METHOD_DEFAULTS:
         cases.append(("kd-ema", {}))
