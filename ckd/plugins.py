@@ -173,8 +173,10 @@ class KDReplayPlugin(SupervisedPlugin):
             self.replay.x = strategy.mbatch[0][rows]
             self.replay.student_logits = strategy.mb_output[rows]
             strategy.mb_output = strategy.mb_output[: rows.start]
-            for i, current in enumerate(self._current):
-                strategy.mbatch[i] = current
+            # The current rows as the forward saw them (augmented, if a plugin did);
+            # ``_current`` keeps the raw ones for the reservoir.
+            for i in range(3):
+                strategy.mbatch[i] = strategy.mbatch[i][: rows.start]
         self.current_logits = strategy.mb_output
 
     def before_backward(self, strategy, **kwargs) -> None:
