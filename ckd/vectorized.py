@@ -8,10 +8,12 @@ initialisation (built exactly as :func:`ckd.runner.run` builds them), its data
 order (the tensor path's seeded permutation, :mod:`ckd.training`), its replay
 buffer (a :class:`ckd.buffer.ReplayBuffer` with the seed's generator) and its
 teacher (a snapshot, cached logits or an EMA of its weights, stacked). The losses
-are :mod:`ckd.losses`', summed over seeds (:func:`_summed_loss`). Each seed's result is the record
+are :mod:`ckd.losses`', per seed, summed (:func:`_summed_loss`). Each seed's result is the record
 :func:`ckd.runner.run` writes, marked ``"vectorized": true``; its accuracies match
-the seed's sequential run (``loader="tensor"``) up to floating-point rounding: the
-batched kernels add in another order.
+the seed's sequential run (``loader="tensor"``) up to floating-point rounding:
+the losses are computed per seed, so only the batched matrix products round
+differently (with two or three seeds on split-digits the matrices come out equal;
+with five seeds over ten epochs a few test samples of an experience flip).
 
 What it covers (:func:`check_vectorizable` says why anything else is refused):
 ``naive``, and ``kd-replay`` / ``kd-replay-cached`` / ``kd-ema`` with one teacher
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ckd.buffer import ReplayBuffer
-from ckd.losses import replay_cross_entropy, soft_kl
+from ckd.losses import soft_kl
 from ckd.training import TensorBatches, dataset_tensors, permutation_seed
 
 __all__ = [
@@ -55,8 +57,9 @@ VECTORIZED_METHODS = ("naive", "kd-replay", "kd-replay-cached", "kd-ema")
 
 # kd-* settings vectorize implements, and the ones it needs at a given value (parts it does not stack).
 _KD_SETTINGS = {"mem_size", "replay_batch_size", "alpha", "temperature", "beta", "policy", "teacher",
-                "known_classes_only", "ensemble", "ema_half_life", "eval_ema_half_life"}
-_KD_FIXED = {"n_teachers": 1, "logit_weight": 0.0, "current_alpha": 0.0, "current_classes_only": False}
+                "known_classes_only", "ensemble", "ema_half_life", "eval_ema_half_life", "current_experience_targets"}
+_KD_FIXED = {"n_teachers": 1, "logit_weight": 0.0, "current_alpha": 0.0, "current_classes_only": False,
+             "weight_aligning": False}
 _TEACHERS = ("snapshot", "cached", "own", "ema")
 _LOGIT_TEACHERS = ("cached", "own")  # logits kept in the buffer: refreshed every experience, or once per slot
 # Batch of the once-per-experience passes over the buffer, as the KD plugin's.
@@ -98,12 +101,10 @@ def check_vectorizable(configs: Sequence) -> None:
     if method == "naive":
         return
     args = resolve_method_args(method, first.method_args)
-    # A part vectorize does not know is fine while it is off (0, false or none).
-    unknown = sorted(k for k in set(args) - _KD_SETTINGS - set(_KD_FIXED) if args[k])
+    # A setting vectorize does not know may change what even its default does: refuse it.
+    unknown = sorted(set(args) - _KD_SETTINGS - set(_KD_FIXED))
     if unknown:
-        raise ValueError(
-            f"vectorize does not implement the {method} setting(s) {unknown} (turned on): run without --vectorize"
-        )
+        raise ValueError(f"vectorize does not implement the {method} setting(s) {unknown}: run without --vectorize")
     for name, value in _KD_FIXED.items():
         if name in args and args[name] != value:
             raise ValueError(
@@ -203,6 +204,10 @@ class _StackedKD:
         self.policy = args["policy"]
         self.replay_batch_size = args["replay_batch_size"]
         self.known_only = bool(args.get("known_classes_only", False))
+        # A frozen teacher gives no target to replayed samples of the experience being
+        # learned unless current_experience_targets (results before that setting: all get one).
+        self.taught_only = self.teacher == "snapshot" and not args.get("current_experience_targets", True)
+        self.finished = -1  # the latest experience that has ended
         self.uses_replay = max(self.alphas or (self.alpha_value,)) > 0 or self.beta > 0
         self.buffers = [ReplayBuffer(args["mem_size"], self.policy, device, seed) for seed in seeds]
         self.seen = torch.zeros(0, 0, dtype=torch.bool)
@@ -234,6 +239,7 @@ class _StackedKD:
         seen[: self.seen.shape[0], : self.seen.shape[1]] = self.seen
         seen[task, classes] = True
         self.seen = seen
+        self.finished = exp
         if self.policy == "class_balanced" and self.uses_replay:
             for buffer, (x, y, t) in zip(self.buffers, data):
                 plan = buffer.class_balanced_select(y, exp)
@@ -291,7 +297,7 @@ class _StackedKD:
     def sample(self) -> dict[str, Tensor | None]:
         """Each seed's draw from its own buffer, stacked: ``x (S, R, ...)``, ``y``, ``task (S, R)``."""
         draws = [b.sample(self.replay_batch_size) for b in self.buffers]
-        out = {k: torch.stack([getattr(d, k) for d in draws]) for k in ("x", "y", "task")}
+        out = {k: torch.stack([getattr(d, k) for d in draws]) for k in ("x", "y", "task", "experience")}
         if self.teacher in _LOGIT_TEACHERS and self.has_logits:
             out["logits"] = torch.stack([d.logits for d in draws])
             out["logits_mask"] = None if self.cover_all else torch.stack([d.logits_mask for d in draws])
@@ -305,10 +311,15 @@ class _StackedKD:
         if self.teacher in _LOGIT_TEACHERS:
             return replay["logits"], replay["logits_mask"]
         logits = net(replay["x"], params=self.teacher_params)
-        return logits, self._mask(self.teacher_seen, replay["task"], logits.shape[-1])
+        mask = self._mask(self.teacher_seen, replay["task"], logits.shape[-1])
+        if self.taught_only:  # as ckd.teacher's _only_taught, on the device
+            taught = (replay["experience"] <= self.finished).unsqueeze(-1).expand_as(logits)
+            mask = taught if mask is None else mask & taught
+        return logits, mask
 
     def note_finite(self, kd: Tensor) -> None:
-        self._finite &= torch.isfinite(kd)
+        """``kd (S,)``: the seeds' KD terms of this step (checked on the device)."""
+        self._finite &= torch.isfinite(kd).all()
 
     def check_finite(self, seeds: Sequence[int], exp: int) -> None:
         if self._finite is not None and not bool(self._finite):  # once per epoch
@@ -326,31 +337,37 @@ class _StackedKD:
             self.cover_all = False
 
 
+def _per_seed_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """``F.cross_entropy`` (the criterion, and :func:`ckd.losses.replay_cross_entropy`) of
+    each seed: logits ``(S, B, C)``, targets ``(S, B)`` → ``(S,)``. Its gradient is
+    bit for bit the single-seed one (``1/B`` per row), which ``vmap`` of the fused
+    kernel would give only through a slow decomposition."""
+    rows = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return rows.view(targets.shape).mean(dim=1)
+
+
 def _summed_loss(
     current: Tensor, y: Tensor, replayed: Tensor | None, replay_y: Tensor | None,
     target: Tensor | None, mask: Tensor | None, alpha: float, beta: float, temperature: float,
 ) -> tuple[Tensor, Tensor | None]:
-    """The sum over seeds of each seed's loss (its terms as the strategy and the KD plugin
-    add them), and the KD term (``None`` without a teacher).
+    """The sum over seeds of each seed's loss, its terms added as the strategy and the
+    KD plugin add them, and the seeds' KD terms ``(S,)`` (``None`` without a teacher).
 
     current ``(S, n, C)``, y ``(S, n)``; replayed ``(S, R, C)``; target ``(S, R, C_t)``.
-    Every seed has as many rows, so the sum over seeds of a batch mean is ``S`` times
-    the mean over all rows: one call of each :mod:`ckd.losses` function, no ``vmap``.
-    The seeds share no parameter, so each seed's gradient is its own loss's.
+    Each seed's terms are computed per seed (:func:`ckd.losses.soft_kl` under ``vmap``),
+    so each seed's gradient is its sequential run's to the last bit; a mean over all
+    seeds' rows would scale it by ``S · 1/(S·n)``, which rounds differently and, over
+    thousands of steps, moves the seeds' accuracies by points.
     """
-    n_seeds = current.shape[0]
-
-    def rows(t: Tensor) -> Tensor:
-        return t.reshape(-1, *t.shape[2:])
-
-    loss = F.cross_entropy(rows(current), rows(y))
+    loss = _per_seed_cross_entropy(current, y)
     kd = None
     if target is not None:
-        kd = soft_kl(rows(replayed), rows(target), temperature, None if mask is None else rows(mask))
+        kl = vmap(soft_kl, in_dims=(0, 0, None, None if mask is None else 0))
+        kd = kl(replayed, target, temperature, mask)
         loss = loss + alpha * kd
     if replayed is not None and beta > 0:
-        loss = loss + beta * replay_cross_entropy(rows(replayed), rows(replay_y))
-    return n_seeds * loss, kd
+        loss = loss + beta * _per_seed_cross_entropy(replayed, replay_y)
+    return loss.sum(), kd
 
 
 class _SeedData:
