@@ -38,7 +38,7 @@ def _kd_defaults() -> dict[str, Any]:
 # Settings of the parts a kd-* method composes. Evaluation with an EMA of the weights is on
 # (half-life 0.3 of an experience: +0.6 to +7 points on three validation splits,
 # benchmarks/tuning/defaults_search.toml); the other parts are off unless a method turns them on.
-# known_classes_only, n_teachers, ensemble, ema_half_life: the teacher part's.
+# known_classes_only, current_experience_targets, n_teachers, ensemble, ema_half_life: the teacher part's.
 # eval_ema_half_life > 0: evaluate with an EMA of the weights (EMAEvaluationPlugin).
 # logit_weight > 0: MSE on the replayed logits (LogitMatchingPlugin).
 # current_alpha > 0: distillation on the current samples (CurrentDistillationPlugin).
@@ -54,6 +54,7 @@ _PART_DEFAULTS: dict[str, Any] = {
     "current_alpha": 0.0,
     "current_classes_only": False,
     "weight_aligning": False,
+    "current_experience_targets": False,
 }
 
 # What a kd-* result written before the parts existed meant by a missing key
@@ -62,6 +63,7 @@ LEGACY_KD_ARGS: dict[str, Any] = {
     **_PART_DEFAULTS,
     "teacher": "snapshot",
     "known_classes_only": True,
+    "current_experience_targets": True,
     "eval_ema_half_life": 0.0,
     "beta": 0.0,
     "policy": "class_balanced",
@@ -151,10 +153,12 @@ def _kd_plugins(method: str, args: dict[str, Any]) -> list:
     if args["current_alpha"] and name not in ("snapshot", "ensemble", "ema"):
         raise ValueError(f"current_alpha > 0 needs a teacher model (snapshot, ensemble or ema), got teacher={name!r}")
     teacher_settings = {
-        "snapshot": {"known_classes_only": args["known_classes_only"]},
+        "snapshot": {k: args[k] for k in ("known_classes_only", "current_experience_targets")},
         "cached": {"known_classes_only": args["known_classes_only"]},
         "own": {"known_classes_only": args["known_classes_only"]},
-        "ensemble": {k: args[k] for k in ("n_teachers", "ensemble", "known_classes_only")},
+        "ensemble": {
+            k: args[k] for k in ("n_teachers", "ensemble", "known_classes_only", "current_experience_targets")
+        },
         "ema": {"half_life": args["ema_half_life"], "seed": args["seed"]},
     }.get(name, {})
     config = KDReplayConfig(

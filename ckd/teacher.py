@@ -290,14 +290,28 @@ class _Teacher:
         return FrozenModel(model, known_classes, self.forward, self.multi_task, known_classes_only)
 
 
+def _only_taught(sample: ReplaySample, logits: Tensor, mask: Tensor | None, finished: int) -> tuple[Tensor, Tensor]:
+    """Targets only for samples of experiences ``≤ finished``: a frozen teacher knows
+    nothing about the samples of the experience being learned (a reservoir holds some),
+    and pulling them towards its outputs fights learning them. No host sync."""
+    taught = (sample.experience <= finished).unsqueeze(1).expand_as(logits)
+    return logits, taught if mask is None else mask & taught
+
+
 class SnapshotTeacher(_Teacher):
-    """The model frozen at the end of the latest experience, run on each replay batch."""
+    """The model frozen at the end of the latest experience, run on each replay batch;
+    replayed samples of the experience being learned get no target (as with
+    :class:`CachedTeacher`, whose slots written during an experience have no logits).
+    ``current_experience_targets=True`` gives them the snapshot's outputs too (as ckd
+    0.1 did; kept to re-run old results)."""
 
     name = "snapshot"
 
-    def __init__(self, known_classes_only: bool = False) -> None:
+    def __init__(self, known_classes_only: bool = False, current_experience_targets: bool = False) -> None:
         self.known_classes_only = known_classes_only
+        self.current_experience_targets = current_experience_targets  # ckd <= 0.1's behaviour
         self._model: FrozenModel | None = None
+        self._finished = -1
 
     @property
     def ready(self) -> bool:
@@ -310,9 +324,13 @@ class SnapshotTeacher(_Teacher):
     def after_training_exp(self, model, known_classes, buffer) -> None:
         self._model = None  # release the old snapshot before copying
         self._model = self._freeze(model, known_classes, self.known_classes_only)
+        self._finished += 1
 
     def soft_targets(self, sample, x):
-        return self._model.logits(x, sample.task)
+        logits, mask = self._model.logits(x, sample.task)
+        if self.current_experience_targets:
+            return logits, mask
+        return _only_taught(sample, logits, mask, self._finished)
 
     @property
     def nbytes(self) -> int:
@@ -382,16 +400,21 @@ class EnsembleTeacher(_Teacher):
     """The snapshots of the last ``n_teachers`` experiences (:class:`TeacherSet`);
     ``ensemble="own"`` distils each sample from the teacher that finished its own
     experience, ``"average"`` from the mean of the softened probabilities of the kept
-    teachers trained on it (at ``temperature``, set by the plugin)."""
+    teachers trained on it (at ``temperature``, set by the plugin). Samples of the
+    experience being learned get no target, as with :class:`SnapshotTeacher`."""
 
     name = "ensemble"
 
-    def __init__(self, n_teachers: int = 4, ensemble: str = "own", known_classes_only: bool = False) -> None:
+    def __init__(
+        self, n_teachers: int = 4, ensemble: str = "own", known_classes_only: bool = False,
+        current_experience_targets: bool = False,
+    ) -> None:
         if ensemble not in ENSEMBLES:
             raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
         self.teachers = TeacherSet(n_teachers)
         self.ensemble = ensemble
         self.known_classes_only = known_classes_only
+        self.current_experience_targets = current_experience_targets  # ckd <= 0.1's behaviour
         self.temperature = 1.0
         self._experience = 0
 
@@ -410,8 +433,12 @@ class EnsembleTeacher(_Teacher):
 
     def soft_targets(self, sample, x):
         if len(self.teachers) == 1:
-            return self.teachers.latest.logits(x, sample.task)
-        return self.teachers.soft_targets(x, sample.task, sample.experience, self.temperature, self.ensemble)
+            logits, mask = self.teachers.latest.logits(x, sample.task)
+        else:
+            logits, mask = self.teachers.soft_targets(x, sample.task, sample.experience, self.temperature, self.ensemble)
+        if self.current_experience_targets:
+            return logits, mask
+        return _only_taught(sample, logits, mask, self._experience - 1)
 
     @property
     def nbytes(self) -> int:

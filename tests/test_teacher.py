@@ -215,3 +215,18 @@ def test_snapshot_teacher_releases_the_old_copy_and_cached_teacher_keeps_no_mode
     assert CachedTeacher().model is None and CachedTeacher().nbytes == 0
     with pytest.raises(ValueError, match="teacher must be one of"):
         make_teacher("oracle")
+
+
+def test_frozen_teachers_give_no_target_to_samples_of_the_experience_being_learned():
+    model = _model()
+    known = torch.ones(1, 3, dtype=torch.bool)
+    sample = type("S", (), {"task": torch.zeros(3, dtype=torch.long), "experience": torch.tensor([0, 1, 0])})()
+    x = torch.randn(3, 4)
+    for teacher in (SnapshotTeacher(), make_teacher("ensemble", n_teachers=2)):
+        teacher.after_training_exp(model, known, None)  # experience 0 ended; 1 is being learned
+        logits, mask = teacher.soft_targets(sample, x)
+        assert mask.tolist() == [[True] * 3, [False] * 3, [True] * 3]
+        assert torch.allclose(logits, model(x))
+    legacy = SnapshotTeacher(current_experience_targets=True)
+    legacy.after_training_exp(model, known, None)
+    assert legacy.soft_targets(sample, x)[1] is None  # every sample, every output
