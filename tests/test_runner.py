@@ -58,7 +58,8 @@ def test_result_record_has_the_documented_fields():
 
 
 def test_joint_training_trains_once_on_the_whole_stream():
-    result = run(RunConfig("split-digits", "joint", seed=0, epochs=2))
+    # Three epochs: with two, seed 0 lands at 0.65 on the tensor path's data order (0.74-0.88 over seeds 2-7 on either loader).
+    result = run(RunConfig("split-digits", "joint", seed=0, epochs=3))
     assert all(row == result["accuracy_matrix"][0] for row in result["accuracy_matrix"])
     assert result["final_average_accuracy"] > 0.8
     assert result["average_forgetting"] == 0.0
