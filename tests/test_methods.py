@@ -25,7 +25,6 @@ def test_every_committed_result_maps_to_a_config_that_runs_the_same_parts():
 
 
 def _plugins(method, **overrides):
-    import torch
     from torch import nn
 
     from ckd.methods import TrainSettings
