@@ -40,6 +40,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "they write under OUT/logs/<run>/")
 
 
+def _add_ray(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="every run a Ray task: alone, on a Ray instance started here for the runs; "
+                        "'auto' or ray://HOST:10001, on that cluster (needs pip install -e \".[ray]\")")
+    p.add_argument("--gpus-per-run", type=float, default=1.0,
+                   help="with --ray and --device cuda: GPUs each run asks for, fractions share one (default 1)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckd", description=__doc__)
     debug = argparse.ArgumentParser(add_help=False)
@@ -85,6 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     s.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     _add_common(s)
+    _add_ray(s)
 
     w = sub.add_parser("sweep", parents=[debug], help="temperature x alpha sweep on a validation split, with the distiller's-dilemma figure")
     w.add_argument("--stream", default="split-digits")
@@ -104,6 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--force", action="store_true")
     w.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
     _add_common(w)
+    _add_ray(w)
 
     m = sub.add_parser("summary", parents=[debug], help="mean ± std over seeds, as Markdown and CSV")
     m.add_argument("results")
@@ -137,21 +147,32 @@ def _print_outcome(outcome, prefix: str = "", debug: bool = False) -> None:
     )
 
 
-def _scheduler(args):
+def _scheduler(args, ray_address: str | None = None):
+    """Ray when ``args.ray`` (or ``ray_address``) names one, else this machine's process pool."""
     from ckd.loggers import check_loggers
     from ckd.scheduling import LocalScheduler
 
+    address = getattr(args, "ray", None) or ray_address
+    if address is not None:
+        from ckd.ray_scheduler import RayScheduler
+
+        if args.jobs != 1:
+            raise ValueError("--jobs is for runs on this machine; with Ray the cluster's CPUs decide, drop --jobs")
+        return RayScheduler(
+            address, gpus_per_run=args.gpus_per_run, data_root=args.data_root, force=args.force,
+            loggers=check_loggers(args.logger), progress=not args.quiet,
+        )
     return LocalScheduler(
         args.jobs, data_root=args.data_root, force=args.force, loggers=check_loggers(args.logger),
         progress=not args.quiet,
     )
 
 
-def _run_all(configs, args) -> list:
-    """Run ``configs`` on this machine, ``args.jobs`` at a time, printing each as it finishes."""
+def _run_all(configs, args, ray_address: str | None = None) -> list:
+    """Run ``configs`` (see :func:`_scheduler`), printing each as it finishes."""
     from ckd.scheduling import run_all
 
-    scheduler = _scheduler(args)
+    scheduler = _scheduler(args, ray_address)
     done = []
 
     def report(outcome) -> None:
@@ -220,7 +241,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_suite(args) -> int:
     from ckd.runner import result_path
-    from ckd.suite import load_suite, suite_vectorizes
+    from ckd.suite import load_suite, suite_ray_address, suite_vectorizes
 
     configs = load_suite(args.suite, device=args.device)
     overrides = {k: v for k, v in dict(amp=args.amp, checksum=False if args.no_checksum else None).items() if v is not None}
@@ -232,10 +253,13 @@ def _cmd_suite(args) -> int:
         for c in configs:
             print(result_path(args.out, c))
         return 0
+    ray_address = args.ray or suite_ray_address(args.suite)
     if suite_vectorizes(args.suite):
+        if ray_address is not None:
+            raise ValueError(f"{args.suite} vectorizes its seeds in one process; run it without Ray")
         _run_vectorized(configs, args)
     else:
-        _run_all(configs, args)
+        _run_all(configs, args, ray_address)
     return 0
 
 

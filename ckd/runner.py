@@ -30,6 +30,7 @@ __all__ = [
     "RunConfig",
     "STREAM_DEFAULTS",
     "config_from_result",
+    "has_result",
     "result_path",
     "run",
     "run_to_file",
@@ -438,6 +439,16 @@ def run(
     }
 
 
+def has_result(out_dir: str | os.PathLike, config: RunConfig) -> bool:
+    """Whether ``result_path(out_dir, config)`` holds a finished result of this very config."""
+    path = result_path(out_dir, config)
+    try:
+        existing = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    return isinstance(existing, dict) and existing.get("config") == json.loads(json.dumps(config.resolved()))
+
+
 def run_to_file(
     config: RunConfig,
     out_dir: str | os.PathLike,
@@ -453,13 +464,8 @@ def run_to_file(
     write into ``out_dir/logs/<result file name without .json>/``, emptied first.
     """
     path = result_path(out_dir, config)
-    if skip_existing and path.exists():
-        try:
-            existing = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            existing = None
-        if existing is not None and existing.get("config") == json.loads(json.dumps(config.resolved())):
-            return path, False
+    if skip_existing and has_result(out_dir, config):
+        return path, False
     log_dir = Path(out_dir) / "logs" / path.stem
     if loggers:
         shutil.rmtree(log_dir, ignore_errors=True)

@@ -4,6 +4,7 @@
 [suite]
 seeds = [0, 1, 2]            # default seeds of every run entry
 vectorize = false            # true: each entry's seeds train as one stacked model (ckd.vectorized)
+ray = "auto"                 # optional: every run a Ray task on this cluster (true: a local Ray instance)
 
 [defaults]                   # RunConfig fields shared by all entries
 epochs = 1
@@ -38,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["load_suite", "method_configs", "suite_vectorizes"]
+__all__ = ["load_suite", "method_configs", "suite_ray_address", "suite_vectorizes"]
 
 _RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"method_args", "seed"}
 
@@ -83,6 +84,20 @@ def suite_vectorizes(path: str | os.PathLike) -> bool:
     value = tomllib.loads(Path(path).read_text()).get("suite", {}).get("vectorize", False)
     if not isinstance(value, bool):
         raise ValueError(f"{path}: [suite] vectorize must be true or false, got {value!r}")
+    return value
+
+
+def suite_ray_address(path: str | os.PathLike) -> str | None:
+    """The suite's ``[suite] ray``: ``None`` (absent or false) runs on this machine,
+    ``true`` on a local Ray instance (``"local"``), a string on that Ray address
+    (``"auto"``, ``"ray://host:10001"``; :class:`ckd.ray_scheduler.RayScheduler`)."""
+    value = tomllib.loads(Path(path).read_text()).get("suite", {}).get("ray", False)
+    if value is False:
+        return None
+    if value is True:
+        return "local"
+    if not isinstance(value, str) or not value:
+        raise ValueError(f'{path}: [suite] ray must be true, false or an address such as "auto", got {value!r}')
     return value
 
 
