@@ -235,9 +235,11 @@ def test_growing_incremental_classifier_distils_only_the_teachers_classes(digits
     _train(_strategy(model, [kd, trace], epochs=1), digits, experiences={0, 1, 2})
     assert model.classifier.classifier.out_features == 6
     # Experience 1: student has 4 outputs, teacher 2; experience 2: student 6, teacher 4:
-    # every one of the teacher's outputs is a target, the student's new ones are not.
+    # every one of the teacher's outputs is a target, the student's new ones are not
+    # (a row is masked only whole: a sample of the experience being learned).
     assert {(s, t) for s, t, _ in trace.widths} == {(4, 2), (6, 4)}
-    assert all(mask is None for _, _, mask in trace.widths)
+    for _, t, mask in trace.widths:
+        assert mask.shape[1] == t and bool((mask.all(1) | ~mask.any(1)).all()) and bool(mask.any())
 
 
 class _MultiHeadNet(MultiTaskModule):
