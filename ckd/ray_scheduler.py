@@ -11,6 +11,7 @@ schedule starts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import traceback
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckd.errors import one_line
 from ckd.files import write_json_atomic
-from ckd.scheduling import RunOutcome, Scheduler
+from ckd.scheduling import RunOutcome, Scheduler, _builtin_filters
 
 if TYPE_CHECKING:
     from ckd.runner import RunConfig
@@ -99,9 +100,12 @@ class RayScheduler(Scheduler):
         pending: dict[Any, RunConfig] = {}
         try:
             data_root = None if self.data_root is None else os.fspath(self.data_root)
+            filters = _builtin_filters()
             for config in todo:
                 gpus = self.gpus_per_run if config.device.startswith("cuda") else 0
-                ref = task.options(num_cpus=config.threads, num_gpus=gpus, max_retries=0).remote(config, data_root)
+                ref = task.options(num_cpus=config.threads, num_gpus=gpus, max_retries=0).remote(
+                    dataclasses.asdict(config), data_root, filters,
+                )
                 pending[ref] = config
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -143,14 +147,22 @@ class RayScheduler(Scheduler):
         return RunOutcome(config, path, True)
 
 
-def _run_task(config: RunConfig, data_root: str | None) -> tuple[dict | None, str | None, str | None]:
-    """On a worker: ``(result, None, None)``, or ``(None, error, traceback)`` when the run fails."""
-    from ckd.runner import run
+def _run_task(
+    config: dict[str, Any], data_root: str | None, filters: list,
+) -> tuple[dict | None, str | None, str | None]:
+    """On a worker, with the driver's warning filters: ``(result, None, None)``, or
+    ``(None, error, traceback)`` when the run fails. ``config``: the fields of a
+    ``RunConfig``, which is built here, after the filters (its module imports the training stack)."""
+    import warnings
 
-    try:
-        return run(config, data_root=data_root), None, None
-    except Exception as err:
-        return None, one_line(err), traceback.format_exc()
+    with warnings.catch_warnings():
+        warnings.filters[:] = filters
+        from ckd.runner import RunConfig, run
+
+        try:
+            return run(RunConfig(**config), data_root=data_root), None, None
+        except Exception as err:
+            return None, one_line(err), traceback.format_exc()
 
 
 def _bar(total: int, done: int, enabled: bool):
