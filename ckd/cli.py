@@ -114,6 +114,8 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
     _add_common(w)
     _add_ray(w)
+    w.add_argument("--scheduler", default=None, choices=["asha"],
+                   help="with --ray: the grid runs as Ray Tune trials and ASHA stops poor settings early")
 
     m = sub.add_parser("summary", parents=[debug], help="mean ± std over seeds, as Markdown and CSV")
     m.add_argument("results")
@@ -130,6 +132,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _print_outcome(outcome, prefix: str = "", debug: bool = False) -> None:
     c = outcome.config
+    if outcome.stopped:
+        print(f"{prefix}{c.stream:<16} {c.name:<20} seed {c.seed}: stopped early by the sweep's scheduler")
+        return
     if not outcome.ok:
         print(f"ckd: error: {c.stream} {c.name} seed {c.seed}: {outcome.error}", file=sys.stderr)
         if debug:
@@ -147,21 +152,28 @@ def _print_outcome(outcome, prefix: str = "", debug: bool = False) -> None:
     )
 
 
-def _scheduler(args, ray_address: str | None = None):
-    """Ray when ``args.ray`` (or ``ray_address``) names one, else this machine's process pool."""
+def _scheduler(args, ray_address: str | None = None, tune: bool = False):
+    """Ray when ``args.ray`` (or ``ray_address``) names one, as Ray Tune trials with
+    ``tune``, else this machine's process pool."""
     from ckd.loggers import check_loggers
     from ckd.scheduling import LocalScheduler
 
     address = getattr(args, "ray", None) or ray_address
     if address is not None:
         from ckd.ray_scheduler import RayScheduler
+        from ckd.ray_sweep import TuneScheduler
 
         if args.jobs != 1:
             raise ValueError("--jobs is for runs on this machine; with Ray the cluster's CPUs decide, drop --jobs")
-        return RayScheduler(
-            address, gpus_per_run=args.gpus_per_run, data_root=args.data_root, force=args.force,
+        settings = dict(
+            gpus_per_run=args.gpus_per_run, data_root=args.data_root, force=args.force,
             loggers=check_loggers(args.logger), progress=not args.quiet,
         )
+        if tune:
+            return TuneScheduler(address, early_stopping=args.scheduler, **settings)
+        return RayScheduler(address, **settings)
+    if getattr(args, "scheduler", None) is not None:
+        raise ValueError("--scheduler asha needs --ray: early stopping runs on Ray Tune")
     return LocalScheduler(
         args.jobs, data_root=args.data_root, force=args.force, loggers=check_loggers(args.logger),
         progress=not args.quiet,
@@ -273,7 +285,8 @@ def _cmd_sweep(args) -> int:
         validation_fraction=args.validation_fraction, method_args=_parse_sets(args.set), **common,
     )
     sweep = run_sweep(
-        base, args.temperature, args.alpha, args.seeds, out_dir=args.out, scheduler=_scheduler(args), fmt=args.format,
+        base, args.temperature, args.alpha, args.seeds, out_dir=args.out, scheduler=_scheduler(args, tune=True),
+        fmt=args.format,
         on_outcome=lambda outcome: _print_outcome(outcome, debug=args.debug),
     )
     best = sweep.recommended

@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,7 @@ def run(
     progress: bool = False,
     loggers: Sequence[str] = (),
     log_dir: str | os.PathLike | None = None,
+    on_experience: Callable[[int, int, list[float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config.method`` over the stream and return the result record.
 
@@ -303,6 +304,10 @@ def run(
     ``loggers``: names of Avalanche loggers (:data:`ckd.loggers.LOGGERS`) writing
     under ``log_dir``. The strategy then also runs ``strategy.eval`` on the test
     stream after each experience, to feed them; the result is the same.
+
+    ``on_experience(i, n_experiences, accuracies)`` is called after each experience
+    ``i`` with that row of the accuracy matrix (a sweep's scheduler reads it to stop
+    poor settings early).
     """
     from ckd.amp import MixedPrecisionPlugin
     from ckd.augment import AugmentationPlugin
@@ -398,6 +403,8 @@ def run(
                     row, task_row = evaluator.accuracies(evaluation_model(strategy)[0])
                     matrix.append(row)
                     task_matrix.append(task_row)
+                    if on_experience is not None:
+                        on_experience(i, n_exp, row)
                     if avalanche_loggers:
                         strategy.eval(stream.benchmark.test_stream)
                     if diverged_at is None and not _params_finite(strategy.model):

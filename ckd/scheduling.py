@@ -55,6 +55,8 @@ class RunOutcome:
     ``path``: its result JSON (written, or kept from before when ``ran`` is False);
     on failure, where the result would have gone. ``error``: one line saying what went
     wrong, ``None`` on success; ``traceback``: the full Python traceback of the failure.
+    ``stopped``: a sweep's early-stopping scheduler ended the run before its last
+    experience (not a failure; no result file).
     """
 
     config: RunConfig
@@ -62,6 +64,7 @@ class RunOutcome:
     ran: bool
     error: str | None = None
     traceback: str | None = None
+    stopped: bool = False
 
     @property
     def ok(self) -> bool:

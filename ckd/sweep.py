@@ -184,14 +184,15 @@ def run_sweep(
 
     ``on_outcome`` sees each run as it finishes. When a run fails, the others still
     run and :class:`ckd.scheduling.RunsFailed` is raised without a summary: a
-    recommendation from part of the grid would mislead.
+    recommendation from part of the grid would mislead. Runs that an early-stopping
+    scheduler ended (``ckd.ray_sweep.TuneScheduler``) are left out of the rows.
     """
     from ckd.plotting import plot_distillers_dilemma
     from ckd.scheduling import run_all
 
     configs = sweep_configs(base, temperatures, alphas, seeds)
     outcomes = run_all(scheduler, configs, out_dir, on_outcome)
-    results = [json.loads(o.path.read_text()) for o in outcomes]
+    results = [json.loads(o.path.read_text()) for o in outcomes if not o.stopped]
     rows = summarize_sweep(results)
     best = recommend(rows)
     out = Path(out_dir)

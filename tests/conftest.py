@@ -13,3 +13,13 @@ def mnist_root() -> Path:
     if not root or not all((Path(root) / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
         pytest.skip("MNIST not found: set CKD_DATA_ROOT to a folder holding MNIST/raw/*.gz")
     return Path(root)
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> str:
+    """One local Ray instance with 2 CPUs for the Ray tests, its address: schedulers in
+    this process use it and leave it running; a driver in another process joins it."""
+    ray = pytest.importorskip("ray")
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield context.address_info["gcs_address"]
+    ray.shutdown()

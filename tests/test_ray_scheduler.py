@@ -40,15 +40,6 @@ BAD = RunConfig("split-digits", "kd-replay", seed=0, epochs=1, max_train_per_exp
                 method_args={"mem_size": 0})
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> str:
-    """One Ray instance with 2 CPUs for every test here, its address: the schedulers in
-    this process use it and leave it running; a driver in another process joins it."""
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield context.address_info["gcs_address"]
-    ray.shutdown()
-
-
 def _stable(path) -> str:
     result = json.loads(path.read_text())
     for key in VOLATILE:
