@@ -6,17 +6,9 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from ckd.models import last_linear
+
 __all__ = ["WeightAligningPlugin", "align_weights"]
-
-
-def _last_linear(model: nn.Module) -> nn.Linear:
-    last = None
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            last = module
-    if last is None:
-        raise ValueError("weight aligning needs an nn.Linear output layer")
-    return last
 
 
 @torch.no_grad()
@@ -48,5 +40,5 @@ class WeightAligningPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy, **kwargs) -> None:
         classes = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
         new = [c for c in classes if c not in self.seen]
-        self.gammas.append(align_weights(_last_linear(strategy.model), list(self.seen), new))
+        self.gammas.append(align_weights(last_linear(strategy.model, "weight aligning"), list(self.seen), new))
         self.seen = sorted(set(self.seen) | set(new))

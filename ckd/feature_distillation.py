@@ -20,6 +20,7 @@ from avalanche.models.utils import avalanche_forward
 from torch import Tensor, nn
 
 from ckd.losses import feature_distance, rkd_angle, rkd_distance
+from ckd.models import last_linear
 from ckd.plugins import KDReplayPlugin
 from ckd.teacher import CachedTeacher
 
@@ -28,20 +29,10 @@ __all__ = ["FeatureDistillationPlugin", "RelationDistillationPlugin", "PENULTIMA
 PENULTIMATE = "penultimate"
 
 
-def _last_linear(model: nn.Module) -> nn.Module:
-    last = None
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            last = module
-    if last is None:
-        raise ValueError("the model has no nn.Linear layer: name the modules to distil explicitly")
-    return last
-
-
 def _resolve(model: nn.Module, name: str) -> tuple[nn.Module, bool]:
     """The module for ``name`` and whether its *input* (not output) is the feature."""
     if name == PENULTIMATE:
-        return _last_linear(model), True
+        return last_linear(model, "distilling the penultimate features (or name the modules)"), True
     return model.get_submodule(name), False
 
 

@@ -109,6 +109,17 @@ def resnet18(input_shape: tuple[int, ...], n_classes: int, nf: int = 64) -> nn.M
 MODELS = {"mlp": mlp, "cnn": small_cnn, "resnet18": resnet18}
 
 
+def last_linear(model: nn.Module, what: str = "this") -> nn.Linear:
+    """The model's last ``nn.Linear`` (its output layer for the backbones here)."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is None:
+        raise ValueError(f"the model has no nn.Linear layer, which {what} needs")
+    return last
+
+
 def make_model(name: str, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """Model ``name`` (see ``MODELS``) or a user's ``package.module:function``, called
     with the keyword arguments it declares among ``input_shape`` and ``n_classes``."""

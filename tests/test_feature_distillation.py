@@ -61,10 +61,10 @@ def test_feature_plugins_reject_bad_settings():
         RelationDistillationPlugin(KDReplayPlugin(), weight=-1)
     with pytest.raises(ValueError, match="metric must be 'l2' or 'cosine'"):
         FeatureDistillationPlugin(KDReplayPlugin(), metric="l1")
-    with pytest.raises(ValueError, match="no nn.Linear"):
-        from ckd.feature_distillation import _last_linear
+    with pytest.raises(ValueError, match="no nn.Linear layer, which distilling the penultimate features"):
+        from ckd.feature_distillation import _resolve
 
-        _last_linear(nn.Sequential(nn.ReLU()))
+        _resolve(nn.Sequential(nn.ReLU()), "penultimate")
 
 
 @pytest.mark.parametrize("method", ["kd-feature", "kd-relation", "kd-replay-lwf", "kd-multi-teacher"])

@@ -242,6 +242,13 @@ def test_growing_incremental_classifier_distils_only_the_teachers_classes(digits
         assert mask.shape[1] == t and bool((mask.all(1) | ~mask.any(1)).all()) and bool(mask.any())
 
 
+class _LossBefore(SupervisedPlugin):
+    """Records ``strategy.loss`` as it is before the plugins placed after this one add to it."""
+
+    def before_backward(self, strategy, **kwargs):
+        self.loss = float(strategy.loss)
+
+
 class _MultiHeadNet(MultiTaskModule):
     def __init__(self):
         super().__init__()
@@ -257,11 +264,7 @@ def test_multi_head_model_distils_each_replayed_sample_on_its_own_head():
     kd = KDReplayPlugin(mem_size=60, replay_batch_size=12, policy="reservoir", alpha=0.7, temperature=3.0, beta=0.0)
     checked, unseen = [], []
 
-    class Before(SupervisedPlugin):
-        def before_backward(self, strategy, **kwargs):
-            self.loss = float(strategy.loss)
-
-    before = Before()
+    before = _LossBefore()
 
     class After(SupervisedPlugin):
         def before_backward(self, strategy, **kwargs):
@@ -560,11 +563,7 @@ def test_logit_matching_adds_the_mse_to_the_teachers_targets(digits):
     logits = LogitMatchingPlugin(kd, weight=0.5)
     checked = []
 
-    class Before(SupervisedPlugin):
-        def before_backward(self, strategy, **kwargs):
-            self.loss = float(strategy.loss)
-
-    before = Before()
+    before = _LossBefore()
 
     class After(SupervisedPlugin):
         def before_backward(self, strategy, **kwargs):
