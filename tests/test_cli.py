@@ -43,3 +43,16 @@ def test_a_failed_run_is_one_line_and_its_traceback_is_kept(tmp_path, capsys):
     with pytest.raises(RunsFailed, match="1 of 1 runs failed"):
         main([*args, "--debug"])
     assert "Traceback (most recent call last)" in capsys.readouterr().err  # the failed run's, printed as it ends
+
+
+def test_ray_options_that_cannot_apply_are_one_line_errors(tmp_path, capsys):
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[suite]\nvectorize = true\nray = "auto"\n[[run]]\nstream = "split-digits"\nmethod = "naive"\n')
+    out = str(tmp_path / "out")
+    assert main(["sweep", "--scheduler", "asha", "--out", out]) == 2
+    assert capsys.readouterr().err == "ckd: error: --scheduler asha needs --ray: early stopping runs on Ray Tune\n"
+    assert main(["sweep", "--ray", "--jobs", "2", "--out", out]) == 2
+    assert "with Ray the cluster's CPUs decide, drop --jobs" in capsys.readouterr().err
+    assert main(["suite", str(suite), "--out", out]) == 2  # ray = "auto" under [suite]
+    assert capsys.readouterr().err == f"ckd: error: {suite} vectorizes its seeds in one process; run it without Ray\n"
+    assert not (tmp_path / "out").exists()
