@@ -38,7 +38,8 @@ class TuneScheduler(RayScheduler):
     ``early_stopping``: ``None`` runs every trial to its end; ``"asha"`` lets
     asynchronous successive halving stop the trials whose validation accuracy, after
     the same number of experiences, trails the others (rungs after 1, 2, 4, …
-    experiences, keeping the best half). Other settings as :class:`RayScheduler`.
+    experiences, keeping the best half). Every trial asks for the CPUs and GPUs of the
+    first config (a sweep's runs share them). Other settings as :class:`RayScheduler`.
     """
 
     def __init__(self, address: str = LOCAL, *, early_stopping: str | None = None, **kwargs: Any) -> None:
