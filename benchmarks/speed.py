@@ -160,8 +160,11 @@ class VectorizedMethod:
 
 
 def _kd_args(mem_size: int, replay_batch: int) -> dict:
+    # The raw loop's math: no EMA of the weights to keep, and (with a class-balanced buffer, which
+    # holds no sample of the experience being learned) no per-row target mask to build.
     return {"mem_size": mem_size, "replay_batch_size": replay_batch, "alpha": 1.0, "temperature": 2.0,
-            "beta": 1.0, "policy": "class_balanced", "known_classes_only": False}
+            "beta": 1.0, "policy": "class_balanced", "known_classes_only": False,
+            "eval_ema_half_life": 0.0, "current_experience_targets": True}
 
 
 class RawLoop:
