@@ -48,6 +48,7 @@ def _stable(path) -> str:
     return json.dumps(result, indent=1)
 
 
+@pytest.mark.slow
 def test_a_suite_on_ray_writes_the_serial_results(tmp_path, local_ray):
     (tmp_path / "suite.toml").write_text(SUITE)
     configs = load_suite(tmp_path / "suite.toml")
@@ -61,6 +62,7 @@ def test_a_suite_on_ray_writes_the_serial_results(tmp_path, local_ray):
     assert [o.ran for o in again] == [False] * 4  # same configs: kept, nothing sent to Ray
 
 
+@pytest.mark.slow
 def test_a_failed_ray_task_is_recorded_and_the_others_complete(tmp_path, local_ray):
     good = RunConfig("split-digits", "naive", seed=0, epochs=1, max_train_per_experience=40)
     with pytest.raises(RunsFailed, match="1 of 2 runs failed"):
@@ -80,6 +82,7 @@ def test_ray_scheduler_rejects_bad_settings():
         RayScheduler("auto", num_cpus=2)
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes(tmp_path, local_ray):
     """A driver on the cluster is killed once the first result is in; the rerun keeps it and runs the rest."""
     suite = SUITE.replace('method = "kd-replay"', 'method = "kd-replay"\nseeds = [0]')

@@ -21,6 +21,7 @@ def _stable(path) -> dict:
     return {k: v for k, v in result.items() if k not in VOLATILE}
 
 
+@pytest.mark.slow
 def test_a_sweep_on_tune_gives_the_serial_results_and_recommendation(tmp_path, local_ray):
     serial = run_sweep(BASE, [1.0, 4.0], [1.0], [0], out_dir=tmp_path / "serial", scheduler=LocalScheduler())
     tuned = run_sweep(BASE, [1.0, 4.0], [1.0], [0], out_dir=tmp_path / "tune", scheduler=TuneScheduler())
@@ -32,6 +33,7 @@ def test_a_sweep_on_tune_gives_the_serial_results_and_recommendation(tmp_path, l
     assert tuned.figure_path.is_file()
 
 
+@pytest.mark.slow
 def test_asha_keeps_the_finished_runs_and_leaves_the_stopped_ones_out(tmp_path, local_ray):
     seen = []
     sweep = run_sweep(BASE, [0.5, 1.0, 4.0, 16.0], [1.0], [0], out_dir=tmp_path,
