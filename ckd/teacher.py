@@ -376,9 +376,6 @@ class CachedTeacher(_Teacher):
         # One sync per experience; a reservoir write invalidates a slot and resets it.
         self._cover_all = bool(buffer.logits_mask.all())
 
-    def after_training_iteration(self, model) -> None:
-        pass
-
     def invalidate(self) -> None:
         """A slot was overwritten since the logits were cached (reservoir write)."""
         self._cover_all = False
@@ -496,7 +493,6 @@ class EMAWeights:
                     if key in mine and mine[key].shape == value.shape:
                         value.copy_(mine[key])
                 self.model = grown
-        mine = self.model.state_dict()
         device = next(iter(live.values())).device if live else torch.device("cpu")
         self.model.to(device)
         mine = self.model.state_dict()
