@@ -82,15 +82,21 @@ class RayScheduler(Scheduler):
         self.gpus_per_run = float(gpus_per_run)
         self.progress = progress
 
-    def _outcomes(self, configs: list[RunConfig], out_dir: Path) -> Iterator[RunOutcome]:
+    def _split_finished(self, configs: list[RunConfig], out_dir: Path) -> tuple[list[RunOutcome], list[RunConfig]]:
+        """The runs whose result exists (kept, unless ``force``) and the ones still to do."""
         from ckd.runner import has_result, result_path
 
-        todo = []
+        kept, todo = [], []
         for config in configs:
             if not self.force and has_result(out_dir, config):
-                yield RunOutcome(config, result_path(out_dir, config), False)
+                kept.append(RunOutcome(config, result_path(out_dir, config), False))
             else:
                 todo.append(config)
+        return kept, todo
+
+    def _outcomes(self, configs: list[RunConfig], out_dir: Path) -> Iterator[RunOutcome]:
+        kept, todo = self._split_finished(configs, out_dir)
+        yield from kept
         if not todo:
             return
         ray = import_ray()

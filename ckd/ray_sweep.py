@@ -49,14 +49,10 @@ class TuneScheduler(RayScheduler):
         self.early_stopping = early_stopping
 
     def _outcomes(self, configs: list[RunConfig], out_dir: Path) -> Iterator[RunOutcome]:
-        from ckd.runner import has_result, result_path
+        from ckd.runner import result_path
 
-        todo = []
-        for config in configs:
-            if not self.force and has_result(out_dir, config):
-                yield RunOutcome(config, result_path(out_dir, config), False)
-            else:
-                todo.append(config)
+        kept, todo = self._split_finished(configs, out_dir)
+        yield from kept
         if not todo:
             return
         ray = import_ray()

@@ -415,6 +415,32 @@ def run(
         close_loggers(avalanche_loggers)
     wall = time.perf_counter() - start
 
+    return result_record(
+        config, stream, matrix, task_matrix,
+        scored_model=evaluation_model(strategy)[1],
+        diverged_at=diverged_at,
+        curve=curve.record() if curve is not None else None,
+        diagnostics=diagnostics.records if diagnostics is not None else None,
+        wall=wall, times=times, iterations=iterations, device=device,
+    )
+
+
+def result_record(
+    config: RunConfig,
+    stream,
+    matrix: list[list[float]],
+    task_matrix: list[list[float]],
+    *,
+    scored_model: str,
+    diverged_at: int | None,
+    curve: dict | None,
+    diagnostics: list | None,
+    wall: float,
+    times: list[float],
+    iterations: list[int],
+    device: torch.device,
+) -> dict[str, Any]:
+    """The result record of one run (what :func:`run` returns and the result JSON holds)."""
     metrics = compute_metrics(matrix)
     task_metrics = compute_metrics(task_matrix) if stream.scenario != "domain-il" else None
     return {
@@ -429,11 +455,11 @@ def run(
         **metrics,
         "task_il_accuracy_matrix": task_matrix if task_metrics else None,
         "final_average_task_il_accuracy": task_metrics["final_average_accuracy"] if task_metrics else None,
-        "scored_model": evaluation_model(strategy)[1],
+        "scored_model": scored_model,
         "diverged": diverged_at is not None,
         "diverged_at_experience": diverged_at,
-        "curve": curve.record() if curve is not None else None,
-        "diagnostics": diagnostics.records if diagnostics is not None else None,
+        "curve": curve,
+        "diagnostics": diagnostics,
         "wall_time_s": wall,
         "wall_time_per_experience_s": times,
         "iterations_per_experience": iterations,

@@ -509,45 +509,28 @@ class VectorizedTraining:
 
     def records(self, wall: float, times: Sequence[float]) -> list[dict]:
         """One result record per seed, as :func:`ckd.runner.run` writes it, marked vectorized."""
-        from ckd.metrics import compute_metrics
-        from ckd.runner import _peak_cpu_memory_mb, _versions, device_name
+        from ckd.runner import result_record
 
-        device, n = self.device, len(self.configs)
-        records = []
-        for s, (config, stream) in enumerate(zip(self.configs, self.streams)):
-            metrics = compute_metrics(self.matrices[s])
-            task_metrics = compute_metrics(self.task_matrices[s]) if stream.scenario != "domain-il" else None
-            records.append({
-                "stream": config.stream,
-                "method": config.method,
-                "label": config.name,
-                "seed": config.seed,
-                "scenario": stream.scenario,
-                "config": config.resolved(),
-                "experience_classes": stream.classes_per_experience,
-                "accuracy_matrix": self.matrices[s],
-                **metrics,
-                "task_il_accuracy_matrix": self.task_matrices[s] if task_metrics else None,
-                "final_average_task_il_accuracy": task_metrics["final_average_accuracy"] if task_metrics else None,
-                "scored_model": "model" if self.eval_ema is None else "ema",
-                "diverged": self.diverged_at[s] is not None,
-                "diverged_at_experience": self.diverged_at[s],
-                "curve": None,
-                "diagnostics": None,
-                "wall_time_s": wall / n,
-                "wall_time_per_experience_s": [t / n for t in times],
-                "iterations_per_experience": self.iterations,
-                "peak_cpu_memory_mb": _peak_cpu_memory_mb(),
-                "peak_cuda_memory_mb": (
-                    torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        n = len(self.configs)
+        return [
+            {
+                **result_record(
+                    config, stream, self.matrices[s], self.task_matrices[s],
+                    scored_model="model" if self.eval_ema is None else "ema",
+                    diverged_at=self.diverged_at[s],
+                    curve=None,
+                    diagnostics=None,
+                    wall=wall / n,
+                    times=[t / n for t in times],
+                    iterations=self.iterations,
+                    device=self.device,
                 ),
-                "device": device_name(device),
-                "versions": _versions(),
                 "vectorized": True,
                 "vectorized_seeds": self.seeds,
                 "vectorized_wall_time_s": wall,
-            })
-        return records
+            }
+            for s, (config, stream) in enumerate(zip(self.configs, self.streams))
+        ]
 
 
 def run_vectorized(configs: Sequence, data_root: str | os.PathLike | None = None, progress: bool = False) -> list[dict]:
