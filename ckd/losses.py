@@ -81,7 +81,9 @@ def soft_kl(
     check_temperature(temperature)
     mask = known_class_mask(student_logits, teacher_logits, known_classes)
     c_t = teacher_logits.shape[1]
-    z_s = student_logits[:, :c_t].float() / temperature
+    if student_logits.shape[1] != c_t:  # a head that grew; no slice (and its backward) otherwise
+        student_logits = student_logits[:, :c_t]
+    z_s = student_logits.float() / temperature
     z_t = teacher_logits.float() / temperature
     if known_classes is None:  # every class is known: no masking work in the hot path
         log_p_s = F.log_softmax(z_s, dim=1)

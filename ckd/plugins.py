@@ -119,7 +119,7 @@ class KDReplayPlugin(SupervisedPlugin):
         self.replay: ReplayStep | None = None
         self.current_logits: Tensor | None = None
         self._current: tuple[Tensor, Tensor, Tensor] | None = None
-        self._finite: Tensor | None = None
+        self._kd_total: Tensor | None = None  # sum of the epoch's KD terms: NaN/inf once any is
 
     @property
     def teacher(self) -> FrozenModel | None:
@@ -137,7 +137,7 @@ class KDReplayPlugin(SupervisedPlugin):
         self.teacher_part.bind(avalanche_forward, isinstance(strategy.model, MultiTaskModule))
         self.teacher_part.to(device)
         self.teacher_part.before_training_exp(strategy.model, steps_in_experience(strategy))
-        self._finite = torch.ones((), dtype=torch.bool, device=device)
+        self._kd_total = torch.zeros((), device=device)
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         self.seen_classes = mark_seen_classes(self.seen_classes, strategy.experience)
@@ -146,7 +146,7 @@ class KDReplayPlugin(SupervisedPlugin):
         self.teacher_part.after_training_exp(strategy.model, self.seen_classes, self.buffer)
 
     def after_training_epoch(self, strategy, **kwargs) -> None:
-        if self._finite is not None and not bool(self._finite):
+        if self._kd_total is not None and not bool(torch.isfinite(self._kd_total)):
             raise FloatingPointError(
                 f"the distillation loss became NaN or infinite in experience "
                 f"{strategy.experience.current_experience} (config {asdict(self.config)}); "
@@ -187,10 +187,10 @@ class KDReplayPlugin(SupervisedPlugin):
             step.teacher_logits, step.teacher_mask = self.teacher_part.soft_targets(step.sample, step.x)
             if step.teacher_logits is not None:
                 kd = soft_kl(step.student_logits, step.teacher_logits, self.config.temperature, step.teacher_mask)
-                self._finite &= torch.isfinite(kd)
-                strategy.loss += self._alpha * kd
+                self._kd_total += kd.detach()
+                strategy.loss += _weighted(self._alpha, kd)
         if self.config.beta > 0:
-            strategy.loss += self.config.beta * replay_cross_entropy(step.student_logits, step.sample.y)
+            strategy.loss += _weighted(self.config.beta, replay_cross_entropy(step.student_logits, step.sample.y))
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
         self.teacher_part.after_training_iteration(strategy.model)
@@ -244,6 +244,11 @@ class LogitMatchingPlugin(SupervisedPlugin):
         if step is None or step.teacher_logits is None or self.weight == 0:
             return
         strategy.loss += self.weight * logit_mse(step.student_logits, step.teacher_logits, step.teacher_mask)
+
+
+def _weighted(weight: float, term: Tensor) -> Tensor:
+    """``weight · term``, without the multiplication (and its backward) when the weight is 1."""
+    return term if weight == 1 else weight * term
 
 
 def _load(dataset, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:

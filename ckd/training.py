@@ -52,6 +52,9 @@ _LOOP_EVENTS = (
 class TensorBatches:
     """Minibatches ``[x (b, ...), y (b,), task (b,)]`` of in-memory tensors.
 
+    ``task`` is ``(N,)`` task labels, or one label (an ``int``) for every row, whose
+    minibatch column is then a view of a constant tensor (no gather).
+
     Each pass (epoch) slices a fresh permutation of the rows, drawn on the tensors'
     device with ``generator`` (``shuffle=False``: the rows in order, as views), and
     draws one number from torch's global generator, as a DataLoader's iterator does.
@@ -62,13 +65,18 @@ class TensorBatches:
         self,
         x: Tensor,
         y: Tensor,
-        task: Tensor,
+        task: Tensor | int,
         *,
         batch_size: int,
         shuffle: bool = True,
         drop_last: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
+        if isinstance(task, int):
+            task = torch.full_like(y, task)
+            self._task_column: Tensor | None = task[: batch_size]
+        else:
+            self._task_column = None
         if not x.shape[0] == y.shape[0] == task.shape[0]:
             raise ValueError(f"x, y and task must have the same length, got {x.shape[0]}, {y.shape[0]}, {task.shape[0]}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -104,7 +112,8 @@ class TensorBatches:
                 yield [self.x[rows], self.y[rows], self.task[rows]]
             else:
                 index = order[k * b : (k + 1) * b]
-                yield [self.x.index_select(0, index), self.y.index_select(0, index), self.task.index_select(0, index)]
+                task = self.task.index_select(0, index) if self._task_column is None else self._task_column[: index.shape[0]]
+                yield [self.x.index_select(0, index), self.y.index_select(0, index), task]
 
 
 def permutation_seed() -> int:
@@ -178,12 +187,18 @@ class TensorTraining(BaseSGDTemplate):
                 persistent_workers=persistent_workers, drop_last=drop_last, **kwargs,
             )
         x, y, task = (t.to(self.device) for t in tensors)
+        task = int(task[0]) if task.numel() else 0  # one task label (dataset_tensors): a constant column
         generator = None
         if shuffle:
             generator = torch.Generator(device=self.device).manual_seed(permutation_seed())
         self.dataloader = TensorBatches(
             x, y, task, batch_size=self.train_mb_size, shuffle=shuffle, drop_last=drop_last, generator=generator
         )
+
+    def _make_empty_loss(self) -> Tensor:
+        # A scalar, not Avalanche's shape (1,): each term added to it then needs no
+        # reduction back to (1,) in the backward pass. Same values, same gradients.
+        return torch.zeros((), device=self.device)
 
     def _collect_loop_hooks(self) -> None:
         plugins = [p for p in self.plugins if p is not self.evaluator]
