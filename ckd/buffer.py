@@ -25,12 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["POLICIES", "RefillPlan", "ReplayBuffer", "ReplaySample"]
+__all__ = ["POLICIES", "RefillPlan", "ReplayBuffer", "ReplaySample", "StackedBuffers"]
 
 POLICIES = ("reservoir", "class_balanced")
 
 
 _STORAGE = ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask")
+_FIELDS = tuple(name.removeprefix("_") for name in _STORAGE)
 
 
 class _Filled:
@@ -333,6 +334,73 @@ class ReplayBuffer:
         state["generator"] = torch.Generator(device=state["device"])
         state["generator"].set_state(rng_state)
         self.__dict__.update(state)
+
+
+class StackedBuffers:
+    """Several buffers (one per seed of a vectorized run) sampled in one pass.
+
+    Their storage is stacked ``(S, mem_size + 1, ...)`` and each buffer's tensors
+    become views of the stack (a buffer writes in place and never reallocates, except
+    when its cached logits grow: the stack is rebuilt then), so one ``topk`` and one
+    gather per field draw every seed's replay rows. Each buffer's keys come from its
+    own generator, as :meth:`ReplayBuffer.sample` draws them: each seed gets the rows
+    its sequential run gets.
+    """
+
+    def __init__(self, buffers: list[ReplayBuffer]) -> None:
+        self.buffers = buffers
+        self.stacks: dict[str, Tensor | None] = {}
+        self._views: tuple = ()
+        self._offsets: Tensor | None = None  # (S, 1): each buffer's first row in the flattened stack
+
+    def _storage(self) -> tuple:
+        return tuple(getattr(b, name) for b in self.buffers for name in _STORAGE)
+
+    def _restack(self) -> None:
+        if len(self._views) and all(a is b for a, b in zip(self._storage(), self._views)):
+            return
+        for name in _STORAGE:
+            parts = [getattr(b, name) for b in self.buffers]
+            if any(p is None for p in parts):
+                self.stacks[name] = None
+                continue
+            self.stacks[name] = torch.stack(parts)
+            for buffer, view in zip(self.buffers, self.stacks[name].unbind(0)):
+                setattr(buffer, name, view)
+        self._views = self._storage()
+        n, rows = self.stacks["_x"].shape[:2]
+        self._offsets = torch.arange(0, n * rows, rows, device=self.stacks["_x"].device).unsqueeze(1)
+
+    def sample(self, batch_size: int, fields: tuple[str, ...] = _FIELDS) -> dict[str, Tensor | None]:
+        """Every buffer's :meth:`ReplayBuffer.sample`, stacked: ``x (S, R, ...)``, ``y``,
+        ``task``, ``experience (S, R)``, ``logits (S, R, C)`` and ``logits_mask`` (``None``
+        when no logits are cached); only ``fields`` are gathered."""
+        size = self.buffers[0].size
+        if any(b.size != size for b in self.buffers):  # one draw each, then stacked
+            draws = [b.sample(batch_size) for b in self.buffers]
+            return {
+                name: None if getattr(draws[0], name) is None else torch.stack([getattr(d, name) for d in draws])
+                for name in fields
+            }
+        if size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._restack()
+        n, k, device = len(self.buffers), min(batch_size, size), self.buffers[0].device
+        keys = torch.empty(n, size, device=device)
+        for row, buffer in zip(keys.unbind(0), self.buffers):
+            row.uniform_(generator=buffer.generator)  # = torch.rand(size, generator=...)
+        if k < size:
+            index = keys.topk(k, dim=1, sorted=False).indices
+        else:
+            index = torch.arange(k, device=device).expand(n, k)
+        flat = (index + self._offsets).reshape(-1)
+        return {
+            name: None if (t := self.stacks["_" + name]) is None
+            else t.flatten(0, 1).index_select(0, flat).view(n, k, *t.shape[2:])
+            for name in fields
+        }
 
 
 def _rank_within_group(group: Tensor) -> Tensor:

@@ -16,7 +16,9 @@ differently (with two or three seeds on split-digits the matrices come out equal
 with five seeds over ten epochs a few test samples of an experience flip).
 
 What it covers (:func:`check_vectorizable` says why anything else is refused):
-``naive``, and ``kd-replay`` / ``kd-replay-cached`` / ``kd-ema`` with one teacher
+``naive``; ``replay`` with a reservoir or experience-balanced memory (each seed's
+minibatches of Avalanche's replay loader, :mod:`ckd.vectorized_replay`); and
+``kd-replay`` / ``kd-replay-cached`` / ``kd-ema`` with one teacher
 (snapshot, cached logits, own-experience logits or EMA), a reservoir or class-balanced buffer, ``alpha``,
 ``beta``, ``temperature`` (``alpha`` per experience too), scored with an EMA of
 the weights or not (``eval_ema_half_life``); models without
@@ -40,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ckd.buffer import ReplayBuffer
-from ckd.losses import soft_kl
+from ckd.buffer import ReplayBuffer, StackedBuffers
+from ckd.losses import check_temperature, soft_kl
 from ckd.training import TensorBatches, dataset_tensors, permutation_seed
 
 __all__ = [
@@ -53,7 +55,7 @@ __all__ = [
     "run_vectorized_to_files",
 ]
 
-VECTORIZED_METHODS = ("naive", "kd-replay", "kd-replay-cached", "kd-ema")
+VECTORIZED_METHODS = ("naive", "replay", "kd-replay", "kd-replay-cached", "kd-ema")
 
 # kd-* settings vectorize implements, and the ones it needs at a given value (parts it does not stack).
 _KD_SETTINGS = {"mem_size", "replay_batch_size", "alpha", "temperature", "beta", "policy", "teacher",
@@ -101,6 +103,11 @@ def check_vectorizable(configs: Sequence) -> None:
     if method == "naive":
         return
     args = resolve_method_args(method, first.method_args)
+    if method == "replay":
+        from ckd.vectorized_replay import check_replay_args
+
+        check_replay_args(args)
+        return
     # A setting vectorize does not know may change what even its default does: refuse it.
     unknown = sorted(set(args) - _KD_SETTINGS - set(_KD_FIXED))
     if unknown:
@@ -135,6 +142,7 @@ class StackedModel(nn.Module):
         self.stacked = nn.ParameterList([nn.Parameter(params[name].detach().clone()) for name in self.names])
         self.base = [copy.deepcopy(models[0]).to("meta")]  # a list: not a submodule
         self.n_models = len(models)
+        self.layers = _plain_layers(models[0])
 
     def param_dict(self) -> dict[str, Tensor]:
         return dict(zip(self.names, self.stacked))
@@ -142,6 +150,8 @@ class StackedModel(nn.Module):
     def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
         base = self.base[0]
         params = self.param_dict() if params is None else params
+        if self.layers is not None:
+            return _plain_forward(self.layers, params, x)
 
         def one(p: dict[str, Tensor], xs: Tensor) -> Tensor:
             return functional_call(base, p, (xs,))
@@ -164,6 +174,44 @@ class StackedModel(nn.Module):
         for name, p in model.named_parameters():
             p.copy_(params[name][s])
         return model
+
+
+def _plain_layers(model: nn.Module) -> list[tuple[str, ...]] | None:
+    """An ``nn.Sequential`` of ``Flatten``, ``Linear``, ``ReLU`` and ``Identity`` layers (the
+    ``mlp``) as steps that :func:`_plain_forward` runs with batched matrix products; ``None``
+    for anything else (run with ``vmap``, whose per-call cost dominates a small model's step)."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    steps = []
+    for name, layer in model.named_children():
+        if isinstance(layer, nn.Linear):
+            steps.append(("linear", f"{name}.weight", f"{name}.bias" if layer.bias is not None else ""))
+        elif isinstance(layer, nn.ReLU):
+            steps.append(("relu",))
+        elif isinstance(layer, nn.Flatten) and layer.start_dim == 1 and layer.end_dim == -1 and not steps:
+            steps.append(("flatten",))
+        elif not isinstance(layer, nn.Identity):
+            return None
+    return steps
+
+
+def _plain_forward(steps: list[tuple[str, ...]], params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """``x (S, B, ...)`` through :func:`_plain_layers`' steps with stacked ``params`` → ``(S, B, C)``.
+
+    Activations are kept transposed, ``(S, features, B)``, and each layer computes
+    ``W · h`` (``baddbmm``): the weight gradients then come out in the weights' own
+    layout, with no copy to make them contiguous, and no operand is ever copied."""
+    h = x.flatten(2) if steps and steps[0][0] == "flatten" else x
+    if h.dim() != 3:
+        raise ValueError(f"a stacked linear layer needs inputs (S, B, features), got {tuple(h.shape)}")
+    h = h.transpose(1, 2)
+    for step in steps:
+        if step[0] == "linear":
+            weight = params[step[1]]
+            h = torch.baddbmm(params[step[2]].unsqueeze(2), weight, h) if step[2] else torch.bmm(weight, h)
+        elif step[0] == "relu":
+            h = torch.relu(h)
+    return h.transpose(1, 2)
 
 
 class _StackedEMA:
@@ -210,6 +258,7 @@ class _StackedKD:
         self.finished = -1  # the latest experience that has ended
         self.uses_replay = max(self.alphas or (self.alpha_value,)) > 0 or self.beta > 0
         self.buffers = [ReplayBuffer(args["mem_size"], self.policy, device, seed) for seed in seeds]
+        self.stacked = StackedBuffers(self.buffers)
         self.seen = torch.zeros(0, 0, dtype=torch.bool)
         self.teacher_params: dict[str, Tensor] | None = None
         self.teacher_seen = self.seen
@@ -217,7 +266,7 @@ class _StackedKD:
         self.has_logits = False
         self.alpha = 0.0
         self.ema = _StackedEMA(args["ema_half_life"]) if self.teacher == "ema" else None
-        self._finite: Tensor | None = None
+        self._kd_total: Tensor | None = None  # the epoch's KD terms summed: NaN/inf once any is
         self._table: tuple | None = None
 
     # ---------------------------------------------------------------- experience
@@ -225,7 +274,7 @@ class _StackedKD:
         self.alpha = self.alphas[exp] if self.alphas is not None else self.alpha_value
         if self.alphas is not None and exp >= len(self.alphas):
             raise ValueError(f"alpha has {len(self.alphas)} per-experience values but experience {exp} is being trained")
-        self._finite = torch.ones((), dtype=torch.bool, device=device)
+        self._kd_total = torch.zeros((), device=device)
         if self.ema is not None:
             self.ema.start_experience(net, steps)
 
@@ -295,12 +344,19 @@ class _StackedKD:
         return self.uses_replay and not self.buffers[0].is_empty and has_loss
 
     def sample(self) -> dict[str, Tensor | None]:
-        """Each seed's draw from its own buffer, stacked: ``x (S, R, ...)``, ``y``, ``task (S, R)``."""
-        draws = [b.sample(self.replay_batch_size) for b in self.buffers]
-        out = {k: torch.stack([getattr(d, k) for d in draws]) for k in ("x", "y", "task", "experience")}
-        if self.teacher in _LOGIT_TEACHERS and self.has_logits:
-            out["logits"] = torch.stack([d.logits for d in draws])
-            out["logits_mask"] = None if self.cover_all else torch.stack([d.logits_mask for d in draws])
+        """Each seed's draw from its own buffer, stacked: ``x (S, R, ...)``, ``y (S, R)``, and
+        what the targets need of ``task``, ``experience`` and cached ``logits``."""
+        fields = ["x", "y"]
+        if self.known_only:
+            fields.append("task")
+        if self.taught_only:
+            fields.append("experience")
+        logits = self.teacher in _LOGIT_TEACHERS and self.has_logits
+        if logits:
+            fields += ["logits"] if self.cover_all else ["logits", "logits_mask"]
+        out = self.stacked.sample(self.replay_batch_size, tuple(fields))
+        if logits and self.cover_all:
+            out["logits_mask"] = None
         return out
 
     @torch.no_grad()
@@ -311,7 +367,7 @@ class _StackedKD:
         if self.teacher in _LOGIT_TEACHERS:
             return replay["logits"], replay["logits_mask"]
         logits = net(replay["x"], params=self.teacher_params)
-        mask = self._mask(self.teacher_seen, replay["task"], logits.shape[-1])
+        mask = self._mask(self.teacher_seen, replay.get("task"), logits.shape[-1])
         if self.taught_only:  # as ckd.teacher's _only_taught, on the device
             taught = (replay["experience"] <= self.finished).unsqueeze(-1).expand_as(logits)
             mask = taught if mask is None else mask & taught
@@ -319,10 +375,10 @@ class _StackedKD:
 
     def note_finite(self, kd: Tensor) -> None:
         """``kd (S,)``: the seeds' KD terms of this step (checked on the device)."""
-        self._finite &= torch.isfinite(kd).all()
+        self._kd_total += kd.detach().sum()
 
     def check_finite(self, seeds: Sequence[int], exp: int) -> None:
-        if self._finite is not None and not bool(self._finite):  # once per epoch
+        if self._kd_total is not None and not bool(torch.isfinite(self._kd_total)):  # once per epoch
             raise FloatingPointError(
                 f"the distillation loss became NaN or infinite in experience {exp} for one of the seeds {list(seeds)}; "
                 "lower the learning rate or alpha"
@@ -346,6 +402,18 @@ def _per_seed_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return rows.view(targets.shape).mean(dim=1)
 
 
+def _per_seed_soft_kl(student: Tensor, teacher: Tensor, temperature: float, mask: Tensor | None) -> Tensor:
+    """:func:`ckd.losses.soft_kl` of each seed: ``student (S, R, C_s)``, ``teacher (S, R, C_t)`` → ``(S,)``.
+    Every output a target: the same element-wise operations as ``soft_kl``, batched (so
+    the same gradients); a mask or a grown head: ``soft_kl`` under ``vmap``."""
+    if mask is not None or student.shape[-1] != teacher.shape[-1]:
+        return vmap(soft_kl, in_dims=(0, 0, None, None if mask is None else 0))(student, teacher, temperature, mask)
+    check_temperature(temperature)
+    log_p_s = F.log_softmax(student.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=(1, 2)) * (temperature**2) / student.shape[1]
+
+
 def _summed_loss(
     current: Tensor, y: Tensor, replayed: Tensor | None, replay_y: Tensor | None,
     target: Tensor | None, mask: Tensor | None, alpha: float, beta: float, temperature: float,
@@ -362,11 +430,11 @@ def _summed_loss(
     loss = _per_seed_cross_entropy(current, y)
     kd = None
     if target is not None:
-        kl = vmap(soft_kl, in_dims=(0, 0, None, None if mask is None else 0))
-        kd = kl(replayed, target, temperature, mask)
-        loss = loss + alpha * kd
+        kd = _per_seed_soft_kl(replayed, target, temperature, mask)
+        loss = loss + (kd if alpha == 1 else alpha * kd)
     if replayed is not None and beta > 0:
-        loss = loss + beta * _per_seed_cross_entropy(replayed, replay_y)
+        replay_ce = _per_seed_cross_entropy(replayed, replay_y)
+        loss = loss + (replay_ce if beta == 1 else beta * replay_ce)
     return loss.sum(), kd
 
 
@@ -381,12 +449,21 @@ class _SeedData:
         else:
             self.x, self.y, self.t = (torch.stack([d[k] for d in data]) for k in range(3))
         self.rows = torch.arange(len(data), device=first[0].device).unsqueeze(1)
+        # One task label for every row (an experience of dataset_tensors): a constant column, not gathered.
+        t = self.t
+        self.task_label = int(t.reshape(-1)[0]) if t.numel() and bool((t == t.reshape(-1)[0]).all()) else None
 
     def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``index (S, b)`` rows of each seed's data → ``x (S, b, ...)``, ``y``, ``t (S, b)``."""
-        if self.shared:
-            return self.x[index], self.y[index], self.t[index]
-        return self.x[self.rows, index], self.y[self.rows, index], self.t[self.rows, index]
+        flat = index.reshape(-1) if self.shared else (index + self.rows * self.x.shape[1]).reshape(-1)
+        parts = (self.x, self.y) if self.task_label is not None else (self.x, self.y, self.t)
+        out = [
+            (part if self.shared else part.flatten(0, 1)).index_select(0, flat).view(*index.shape, *part.shape[1 + (not self.shared):])
+            for part in parts
+        ]
+        if self.task_label is not None:
+            out.append(torch.full(index.shape, self.task_label, dtype=self.t.dtype, device=index.device))
+        return tuple(out)
 
 
 class VectorizedTraining:
@@ -399,6 +476,7 @@ class VectorizedTraining:
         from ckd.models import make_model
         from ckd.runner import PER_EXPERIENCE_ARGS, AccuracyEvaluator, seed_everything
         from ckd.streams import make_stream
+        from ckd.vectorized_replay import StackedExperienceReplay
 
         check_vectorizable(configs)
         self.configs = list(configs)
@@ -437,8 +515,10 @@ class VectorizedTraining:
                     f"{self.n_experiences} experiences"
                 )
         self.net = StackedModel(self.models).to(self.device)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=first.lr, momentum=0.0)
-        self.kd = None if first.method == "naive" else _StackedKD(first.method, args, self.seeds, self.device)
+        self.lr = first.lr  # plain SGD, as the sequential runs' optimizer (_step)
+        self.replay = (StackedExperienceReplay.from_args(args, self.seeds, batch_size=first.batch_size, epochs=first.epochs,
+                                                         device=self.device) if first.method == "replay" else None)
+        self.kd = None if first.method in ("naive", "replay") else _StackedKD(first.method, args, self.seeds, self.device)
         half_life = args.get("eval_ema_half_life", 0.0) if first.method != "naive" else 0.0
         self.eval_ema = _StackedEMA(half_life) if half_life > 0 else None  # ckd.weight_averaging's
         self.matrices: list[list[list[float]]] = [[] for _ in configs]
@@ -464,6 +544,14 @@ class VectorizedTraining:
         """Train every seed on experience ``i``, in each seed's own data order."""
         first, kd, net = self.first, self.kd, self.net
         raw = self._experience_data(i)
+        if self.replay is not None:  # each seed's minibatches of Avalanche's replay loader, memory rows included
+            net.train()
+            for x, y, t in self.replay.batches(i, raw):
+                _step(net, self.lr, None, x, y, t)
+                if on_iteration is not None:
+                    on_iteration()
+            self.replay.after_experience(raw)
+            return
         orders = []
         for config, (x, y, t) in zip(self.configs, raw):  # the seed's data order, as the tensor path draws it
             torch.manual_seed(config.seed * 1000 + i)
@@ -480,7 +568,7 @@ class VectorizedTraining:
             order = torch.stack([o.order() for o in orders])
             for k in range(len(orders[0])):
                 x, y, t = data.batch(order[:, k * b : (k + 1) * b])
-                _step(net, self.optimizer, kd, x, y, t)
+                _step(net, self.lr, kd, x, y, t)
                 if kd is not None:
                     kd.after_iteration(x, y, t, i, net)
                 if self.eval_ema is not None:
@@ -565,10 +653,10 @@ def run_vectorized(configs: Sequence, data_root: str | os.PathLike | None = None
     return training.records(time.perf_counter() - start, times)
 
 
-def _step(net: StackedModel, optimizer: torch.optim.Optimizer, kd: _StackedKD | None,
-          x: Tensor, y: Tensor, t: Tensor) -> None:
-    """One training iteration of every seed: ``x (S, b, ...)``, ``y, t (S, b)``."""
-    optimizer.zero_grad()
+def _step(net: StackedModel, lr: float, kd: _StackedKD | None, x: Tensor, y: Tensor, t: Tensor) -> None:
+    """One training iteration of every seed: ``x (S, b, ...)``, ``y, t (S, b)``; the update is
+    ``torch.optim.SGD``'s without momentum (its ``foreach`` arithmetic, without its per-call
+    bookkeeping, which one stacked step pays once where sequential runs pay it per seed)."""
     replay = kd.sample() if kd is not None and kd.replays() else None
     n = x.shape[1]
     inputs = x if replay is None else torch.cat([x, replay["x"]], dim=1)
@@ -581,8 +669,12 @@ def _step(net: StackedModel, optimizer: torch.optim.Optimizer, kd: _StackedKD | 
                                      kd.alpha, kd.beta, kd.temperature)
         if kd_term is not None:
             kd.note_finite(kd_term)
+    params = list(net.stacked)
+    for p in params:
+        p.grad = None
     loss.backward()
-    optimizer.step()
+    with torch.no_grad():
+        torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
 
 
 def run_vectorized_to_files(

@@ -72,7 +72,7 @@ def test_results_go_to_the_per_seed_files_and_existing_ones_are_kept(tmp_path):
 @pytest.mark.parametrize(
     "configs,message",
     [
-        (_configs("replay"), "method 'replay' cannot be vectorized"),
+        (_configs("lwf"), "method 'lwf' cannot be vectorized"),
         (_configs("naive", loader="avalanche"), "vectorize needs loader='tensor'"),
         (_configs("kd-replay", method_args={"n_teachers": 2}), "vectorize needs n_teachers=1"),
         (_configs("naive", eval_every=5), "vectorize needs eval_every=0"),
@@ -124,5 +124,5 @@ def test_the_cli_and_a_suite_vectorize_on_request(tmp_path, capsys):
     assert main(["suite", str(suite), "--out", str(tmp_path / "suite"), "--quiet"]) == 0
     assert json.loads((tmp_path / "suite" / "split-digits__naive__seed1.json").read_text())["vectorized"] is True
     capsys.readouterr()
-    assert main(["run", "--stream", "split-digits", "--method", "replay", "--vectorize", "--out", str(out), "--quiet"]) == 2
-    assert capsys.readouterr().err.strip().startswith("ckd: error: method 'replay' cannot be vectorized")
+    assert main(["run", "--stream", "split-digits", "--method", "lwf", "--vectorize", "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().startswith("ckd: error: method 'lwf' cannot be vectorized")
