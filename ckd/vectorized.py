@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +144,20 @@ class StackedModel(nn.Module):
         self.base = [copy.deepcopy(models[0]).to("meta")]  # a list: not a submodule
         self.n_models = len(models)
         self.layers = _plain_layers(models[0])
+        self._cache()
+
+    def _cache(self) -> None:
+        # ParameterList indexing is slow Python; a step reads the parameters twice.
+        self.tensors: list[Tensor] = list(self.stacked)
+        self._params = dict(zip(self.names, self.tensors))
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._cache()
+        return out
 
     def param_dict(self) -> dict[str, Tensor]:
-        return dict(zip(self.names, self.stacked))
+        return self._params
 
     def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
         base = self.base[0]
@@ -374,8 +386,8 @@ class _StackedKD:
         return logits, mask
 
     def note_finite(self, kd: Tensor) -> None:
-        """``kd (S,)``: the seeds' KD terms of this step (checked on the device)."""
-        self._kd_total += kd.detach().sum()
+        """``kd``: the seeds' KD terms of this step, summed (checked on the device)."""
+        self._kd_total += kd.detach()
 
     def check_finite(self, seeds: Sequence[int], exp: int) -> None:
         if self._kd_total is not None and not bool(torch.isfinite(self._kd_total)):  # once per epoch
@@ -393,49 +405,52 @@ class _StackedKD:
             self.cover_all = False
 
 
-def _per_seed_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """``F.cross_entropy`` (the criterion, and :func:`ckd.losses.replay_cross_entropy`) of
-    each seed: logits ``(S, B, C)``, targets ``(S, B)`` → ``(S,)``. Its gradient is
-    bit for bit the single-seed one (``1/B`` per row), which ``vmap`` of the fused
-    kernel would give only through a slow decomposition."""
-    rows = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return rows.view(targets.shape).mean(dim=1)
-
-
-def _per_seed_soft_kl(student: Tensor, teacher: Tensor, temperature: float, mask: Tensor | None) -> Tensor:
-    """:func:`ckd.losses.soft_kl` of each seed: ``student (S, R, C_s)``, ``teacher (S, R, C_t)`` → ``(S,)``.
-    Every output a target: the same element-wise operations as ``soft_kl``, batched (so
-    the same gradients); a mask or a grown head: ``soft_kl`` under ``vmap``."""
+def _summed_soft_kl(student: Tensor, teacher: Tensor, temperature: float, mask: Tensor | None) -> Tensor:
+    """The seeds' :func:`ckd.losses.soft_kl` terms summed: ``student (S, R, C_s)``, ``teacher (S, R, C_t)``.
+    Every output a target: ``soft_kl``'s element-wise operations over all seeds' rows, scaled
+    by ``T² / R`` as each seed's own (so each seed's gradient is its own); a mask or a
+    grown head: ``soft_kl`` under ``vmap``, summed."""
     if mask is not None or student.shape[-1] != teacher.shape[-1]:
-        return vmap(soft_kl, in_dims=(0, 0, None, None if mask is None else 0))(student, teacher, temperature, mask)
+        return vmap(soft_kl, in_dims=(0, 0, None, None if mask is None else 0))(student, teacher, temperature, mask).sum()
     check_temperature(temperature)
     log_p_s = F.log_softmax(student.float() / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher.float() / temperature, dim=-1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=(1, 2)) * (temperature**2) / student.shape[1]
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum() * (temperature**2) / student.shape[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _row_weights(n: int, replayed: int, beta: float, device: torch.device) -> Tensor:
+    """``(n + replayed,)``: each row's weight in its seed's loss, ``1/n`` for a current row (the
+    criterion's mean) and ``β/R`` for a replayed one (the replay cross-entropy's)."""
+    weights = [1.0 / n] * n + [beta / replayed if replayed else 0.0] * replayed
+    return torch.tensor(weights, device=device)
 
 
 def _summed_loss(
-    current: Tensor, y: Tensor, replayed: Tensor | None, replay_y: Tensor | None,
-    target: Tensor | None, mask: Tensor | None, alpha: float, beta: float, temperature: float,
+    out: Tensor, y: Tensor, replay_y: Tensor | None, target: Tensor | None, mask: Tensor | None,
+    alpha: float, beta: float, temperature: float,
 ) -> tuple[Tensor, Tensor | None]:
-    """The sum over seeds of each seed's loss, its terms added as the strategy and the
-    KD plugin add them, and the seeds' KD terms ``(S,)`` (``None`` without a teacher).
+    """The sum over seeds of each seed's loss, with its terms as the strategy and the KD plugin
+    add them, and the seeds' KD terms summed (``None`` without a teacher).
 
-    current ``(S, n, C)``, y ``(S, n)``; replayed ``(S, R, C)``; target ``(S, R, C_t)``.
-    Each seed's terms are computed per seed (:func:`ckd.losses.soft_kl` under ``vmap``),
-    so each seed's gradient is its sequential run's to the last bit; a mean over all
-    seeds' rows would scale it by ``S · 1/(S·n)``, which rounds differently and, over
-    thousands of steps, moves the seeds' accuracies by points.
+    out ``(S, n + R, C)``: each seed's current rows, then its replayed ones; y ``(S, n)``;
+    replay_y ``(S, R)``; target ``(S, R, C_t)``. The cross-entropies are one weighted sum over
+    all rows (:func:`_row_weights`: each seed's mean over its own rows, which a mean over all
+    seeds' rows, ``1/(S·n)``, is not: that rounds differently and, over thousands of steps,
+    moves the seeds' accuracies by points).
     """
-    loss = _per_seed_cross_entropy(current, y)
+    n = y.shape[1]
+    replay_ce = replay_y is not None and beta > 0
+    rows = out if replay_ce or out.shape[1] == n else out[:, :n]
+    labels = torch.cat([y, replay_y], dim=1) if replay_ce else y
+    ce = F.cross_entropy(rows.reshape(-1, rows.shape[-1]), labels.reshape(-1), reduction="none")
+    weights = _row_weights(n, labels.shape[1] - n, float(beta) if replay_ce else 0.0, out.device)
+    loss = (ce.view(labels.shape) * weights).sum()
     kd = None
     if target is not None:
-        kd = _per_seed_soft_kl(replayed, target, temperature, mask)
+        kd = _summed_soft_kl(out[:, n:], target, temperature, mask)
         loss = loss + (kd if alpha == 1 else alpha * kd)
-    if replayed is not None and beta > 0:
-        replay_ce = _per_seed_cross_entropy(replayed, replay_y)
-        loss = loss + (replay_ce if beta == 1 else beta * replay_ce)
-    return loss.sum(), kd
+    return loss, kd
 
 
 class _SeedData:
@@ -452,17 +467,33 @@ class _SeedData:
         # One task label for every row (an experience of dataset_tensors): a constant column, not gathered.
         t = self.t
         self.task_label = int(t.reshape(-1)[0]) if t.numel() and bool((t == t.reshape(-1)[0]).all()) else None
+        self._task_column: Tensor | None = None
 
-    def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``index (S, b)`` rows of each seed's data → ``x (S, b, ...)``, ``y``, ``t (S, b)``."""
-        flat = index.reshape(-1) if self.shared else (index + self.rows * self.x.shape[1]).reshape(-1)
+    def epoch(self, order: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """The minibatches of one pass: ``order (S, N)``, each seed's row order, cut in ``batch_size``
+        columns. The full batches' indices are laid out once, so a step only selects a row of them."""
+        n_seeds, n = order.shape
+        full = n // batch_size
+        index = order if self.shared else order + self.rows * self.x.shape[1]
+        steps = index[:, : full * batch_size].reshape(n_seeds, full, batch_size).transpose(0, 1).reshape(full, -1)
+        shape = (n_seeds, batch_size)
+        for k in range(full):
+            yield self._gather(steps[k], shape)
+        if full * batch_size < n:
+            rest = index[:, full * batch_size :]
+            yield self._gather(rest.reshape(-1), rest.shape)
+
+    def _gather(self, flat: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
         parts = (self.x, self.y) if self.task_label is not None else (self.x, self.y, self.t)
         out = [
-            (part if self.shared else part.flatten(0, 1)).index_select(0, flat).view(*index.shape, *part.shape[1 + (not self.shared):])
+            (part if self.shared else part.flatten(0, 1)).index_select(0, flat).view(*shape, *part.shape[1 + (not self.shared):])
             for part in parts
         ]
         if self.task_label is not None:
-            out.append(torch.full(index.shape, self.task_label, dtype=self.t.dtype, device=index.device))
+            column = self._task_column
+            if column is None or column.shape[1] < shape[1]:
+                column = self._task_column = torch.full(shape, self.task_label, dtype=self.t.dtype, device=flat.device)
+            out.append(column[:, : shape[1]])
         return tuple(out)
 
 
@@ -566,8 +597,7 @@ class VectorizedTraining:
         b = first.batch_size
         for _ in range(first.epochs):
             order = torch.stack([o.order() for o in orders])
-            for k in range(len(orders[0])):
-                x, y, t = data.batch(order[:, k * b : (k + 1) * b])
+            for x, y, t in data.epoch(order, b):
                 _step(net, self.lr, kd, x, y, t)
                 if kd is not None:
                     kd.after_iteration(x, y, t, i, net)
@@ -658,18 +688,16 @@ def _step(net: StackedModel, lr: float, kd: _StackedKD | None, x: Tensor, y: Ten
     ``torch.optim.SGD``'s without momentum (its ``foreach`` arithmetic, without its per-call
     bookkeeping, which one stacked step pays once where sequential runs pay it per seed)."""
     replay = kd.sample() if kd is not None and kd.replays() else None
-    n = x.shape[1]
     inputs = x if replay is None else torch.cat([x, replay["x"]], dim=1)
     out = net(inputs)
     if replay is None:
-        loss, kd_term = _summed_loss(out, y, None, None, None, None, 0.0, 0.0, 1.0)
+        loss, kd_term = _summed_loss(out, y, None, None, None, 0.0, 0.0, 1.0)
     else:
         target, mask = kd.targets(replay, net)
-        loss, kd_term = _summed_loss(out[:, :n], y, out[:, n:], replay["y"], target, mask,
-                                     kd.alpha, kd.beta, kd.temperature)
+        loss, kd_term = _summed_loss(out, y, replay["y"], target, mask, kd.alpha, kd.beta, kd.temperature)
         if kd_term is not None:
             kd.note_finite(kd_term)
-    params = list(net.stacked)
+    params = net.tensors
     for p in params:
         p.grad = None
     loss.backward()
