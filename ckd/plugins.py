@@ -119,6 +119,7 @@ class KDReplayPlugin(SupervisedPlugin):
         self.replay: ReplayStep | None = None
         self.current_logits: Tensor | None = None
         self._current: tuple[Tensor, Tensor, Tensor] | None = None
+        self._joined: tuple[Tensor, ...] | None = None  # the minibatch before_forward built
         self._kd_total: Tensor | None = None  # sum of the epoch's KD terms: NaN/inf once any is
 
     @property
@@ -165,18 +166,22 @@ class KDReplayPlugin(SupervisedPlugin):
         strategy.mbatch[0] = torch.cat([x, sample.x])
         strategy.mbatch[1] = torch.cat([y, sample.y.to(y.dtype)])
         strategy.mbatch[2] = torch.cat([t, sample.task.to(t.dtype)])
+        self._joined = tuple(strategy.mbatch[:3])
         self.replay = ReplayStep(rows=slice(n, n + sample.x.shape[0]), sample=sample)
 
     def after_forward(self, strategy, **kwargs) -> None:
         if self.replay is not None:
             rows = self.replay.rows
-            self.replay.x = strategy.mbatch[0][rows]
             self.replay.student_logits = strategy.mb_output[rows]
             strategy.mb_output = strategy.mb_output[: rows.start]
-            # The current rows as the forward saw them (augmented, if a plugin did);
-            # ``_current`` keeps the raw ones for the reservoir.
-            for i in range(3):
-                strategy.mbatch[i] = strategy.mbatch[i][: rows.start]
+            if all(a is b for a, b in zip(strategy.mbatch, self._joined)):  # no plugin replaced the rows
+                self.replay.x = self.replay.sample.x
+                strategy.mbatch[:3] = self._current
+            else:  # a plugin replaced them (augmented them): the rows as the forward saw them
+                self.replay.x = strategy.mbatch[0][rows]
+                for i in range(3):
+                    strategy.mbatch[i] = strategy.mbatch[i][: rows.start]
+        self._joined = None
         self.current_logits = strategy.mb_output
 
     def before_backward(self, strategy, **kwargs) -> None:
