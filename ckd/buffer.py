@@ -193,17 +193,8 @@ class ReplayBuffer:
         """
         self._check_input(x, y, task)
         n, m = x.shape[0], self.mem_size
-        position = torch.arange(self.seen, self.seen + n, device=self.device)
         draw = torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)
-        random_slot = torch.minimum((draw * (position + 1)).long(), position)
-        slot = torch.where(position < m, position, random_slot)
-        order = torch.arange(n, device=self.device)
-        trash = torch.full_like(slot, m)
-        slot = torch.where(slot < m, slot, trash)
-        winner = torch.full((m + 1,), -1, dtype=torch.long, device=self.device)
-        winner.scatter_reduce_(0, slot, order, "amax")
-        keep = (slot < m) & (winner[slot] == order)
-        slot = torch.where(keep, slot, trash)
+        slot, keep = _reservoir_slots(draw, self.seen, m)
         self._write(slot, x, y, task, experience)
         self.seen += n
         self.size = min(m, self.seen)
@@ -371,6 +362,33 @@ class StackedBuffers:
         n, rows = self.stacks["_x"].shape[:2]
         self._offsets = torch.arange(0, n * rows, rows, device=self.stacks["_x"].device).unsqueeze(1)
 
+    def reservoir_add(self, x: Tensor, y: Tensor, task: Tensor, experience: int = 0) -> None:
+        """Every buffer's :meth:`ReplayBuffer.reservoir_add` of its own minibatch, ``x (S, n, ...)``,
+        ``y``, ``task (S, n)``: each buffer's draws from its own generator, one batched write."""
+        first = self.buffers[0]
+        if first._x is None or any(b.seen != first.seen for b in self.buffers):  # allocate, or buffers that differ
+            for s, buffer in enumerate(self.buffers):
+                buffer.reservoir_add(x[s], y[s], task[s], experience)
+            return
+        first._check_input(x[0], y[0], task[0])
+        self._restack()
+        n_buffers, n = x.shape[:2]
+        draw = torch.empty(n_buffers, n, dtype=torch.float64, device=first.device)
+        for row, buffer in zip(draw.unbind(0), self.buffers):
+            row.uniform_(generator=buffer.generator)  # = torch.rand(n, generator=..., dtype=float64)
+        slot, _ = _reservoir_slots(draw, first.seen, first.mem_size)
+        flat = (slot + self._offsets).reshape(-1)
+        stacks = self.stacks
+        stacks["_x"].flatten(0, 1)[flat] = x.reshape(-1, *x.shape[2:]).to(first.device, stacks["_x"].dtype)
+        stacks["_y"].flatten(0, 1)[flat] = y.reshape(-1).to(first.device, torch.long)
+        stacks["_task"].flatten(0, 1)[flat] = task.reshape(-1).to(first.device, torch.long)
+        stacks["_experience"].flatten(0, 1)[flat] = experience
+        if stacks["_logits_mask"] is not None:
+            stacks["_logits_mask"].flatten(0, 1)[flat] = False  # the previous occupants' logits are stale
+        for buffer in self.buffers:
+            buffer.seen += n
+            buffer.size = min(buffer.mem_size, buffer.seen)
+
     def sample(self, batch_size: int, fields: tuple[str, ...] = _FIELDS) -> dict[str, Tensor | None]:
         """Every buffer's :meth:`ReplayBuffer.sample`, stacked: ``x (S, R, ...)``, ``y``,
         ``task``, ``experience (S, R)``, ``logits (S, R, C)`` and ``logits_mask`` (``None``
@@ -401,6 +419,23 @@ class StackedBuffers:
             else t.flatten(0, 1).index_select(0, flat).view(n, k, *t.shape[2:])
             for name in fields
         }
+
+
+def _reservoir_slots(draw: Tensor, seen: int, mem_size: int) -> tuple[Tensor, Tensor]:
+    """Algorithm R for a minibatch: the slots ``(..., n)`` of stream samples ``seen … seen + n − 1``
+    from uniform ``draw (..., n)`` (float64), the scratch row ``mem_size`` for those not kept,
+    and which are kept. Leading dimensions are independent buffers (one per seed)."""
+    n, m, device = draw.shape[-1], mem_size, draw.device
+    position = torch.arange(seen, seen + n, device=device)
+    random_slot = torch.minimum((draw * (position + 1)).long(), position)
+    slot = torch.where(position < m, position, random_slot)
+    order = torch.arange(n, device=device).expand_as(slot)
+    trash = torch.full_like(slot, m)
+    slot = torch.where(slot < m, slot, trash)
+    winner = torch.full((*slot.shape[:-1], m + 1), -1, dtype=torch.long, device=device)
+    winner.scatter_reduce_(-1, slot, order, "amax")
+    keep = (slot < m) & (winner.gather(-1, slot) == order)
+    return torch.where(keep, slot, trash), keep
 
 
 def _rank_within_group(group: Tensor) -> Tensor:

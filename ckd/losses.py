@@ -14,6 +14,7 @@ __all__ = [
     "check_temperature",
     "known_class_mask",
     "soft_kl",
+    "soft_kl_sum",
     "average_soft_targets",
     "replay_cross_entropy",
     "logit_mse",
@@ -83,19 +84,30 @@ def soft_kl(
     c_t = teacher_logits.shape[1]
     if student_logits.shape[1] != c_t:  # a head that grew; no slice (and its backward) otherwise
         student_logits = student_logits[:, :c_t]
+    return soft_kl_sum(student_logits, teacher_logits, temperature, mask) * (temperature**2) / student_logits.shape[0]
+
+
+def soft_kl_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None) -> Tensor:
+    """``Σ_rows KL(softmax(z_t/T) ‖ softmax(z_s/T))``, unscaled: :func:`soft_kl`'s sum.
+
+    student_logits, teacher_logits: ``(..., C)`` of the same shape, classes last (any
+    leading dimensions: rows, or seeds and rows); mask: bool ``(..., C)`` or ``None``
+    (every class known). Both distributions are renormalised over a row's known
+    classes; a row with none contributes 0.
+    """
     z_s = student_logits.float() / temperature
     z_t = teacher_logits.float() / temperature
-    if known_classes is None:  # every class is known: no masking work in the hot path
-        log_p_s = F.log_softmax(z_s, dim=1)
-        log_p_t = F.log_softmax(z_t, dim=1)
-        return (log_p_t.exp() * (log_p_t - log_p_s)).sum() * (temperature**2) / student_logits.shape[0]
+    if mask is None:  # every class is known: no masking work in the hot path
+        log_p_s = F.log_softmax(z_s, dim=-1)
+        log_p_t = F.log_softmax(z_t, dim=-1)
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum()
     # A large finite value, not -inf: exp underflows to exactly 0 and 0·finite stays 0.
     neg = torch.finfo(torch.float32).min / 4
-    log_p_s = F.log_softmax(z_s.masked_fill(~mask, neg), dim=1)
-    log_p_t = F.log_softmax(z_t.masked_fill(~mask, neg), dim=1)
+    log_p_s = F.log_softmax(z_s.masked_fill(~mask, neg), dim=-1)
+    log_p_t = F.log_softmax(z_t.masked_fill(~mask, neg), dim=-1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).masked_fill(~mask, 0.0)
     # A row with a single known class has KL 0; one with none must not produce NaN.
-    return kl.sum() * (temperature**2) / student_logits.shape[0]
+    return kl.sum()
 
 
 def average_soft_targets(

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ckd.buffer import ReplayBuffer, StackedBuffers
-from ckd.losses import check_temperature, soft_kl
+from ckd.losses import check_temperature, soft_kl_sum
 from ckd.training import TensorBatches, dataset_tensors, permutation_seed
 
 __all__ = [
@@ -400,22 +400,17 @@ class _StackedKD:
         if self.ema is not None:
             self.ema.update(net)
         if self.policy == "reservoir" and self.uses_replay:
-            for s, buffer in enumerate(self.buffers):
-                buffer.reservoir_add(x[s], y[s], t[s], exp)
+            self.stacked.reservoir_add(x, y, t, exp)
             self.cover_all = False
 
 
 def _summed_soft_kl(student: Tensor, teacher: Tensor, temperature: float, mask: Tensor | None) -> Tensor:
-    """The seeds' :func:`ckd.losses.soft_kl` terms summed: ``student (S, R, C_s)``, ``teacher (S, R, C_t)``.
-    Every output a target: ``soft_kl``'s element-wise operations over all seeds' rows, scaled
-    by ``T² / R`` as each seed's own (so each seed's gradient is its own); a mask or a
-    grown head: ``soft_kl`` under ``vmap``, summed."""
-    if mask is not None or student.shape[-1] != teacher.shape[-1]:
-        return vmap(soft_kl, in_dims=(0, 0, None, None if mask is None else 0))(student, teacher, temperature, mask).sum()
+    """The seeds' :func:`ckd.losses.soft_kl` terms summed: ``student (S, R, C_s)``, ``teacher (S, R, C_t)``,
+    ``mask (S, R, C_t)`` or ``None``; every seed's rows scaled by ``T² / R``, as its own run scales them."""
     check_temperature(temperature)
-    log_p_s = F.log_softmax(student.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher.float() / temperature, dim=-1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum() * (temperature**2) / student.shape[1]
+    if student.shape[-1] != teacher.shape[-1]:  # a head that grew since the teacher
+        student = student[..., : teacher.shape[-1]]
+    return soft_kl_sum(student, teacher, temperature, mask) * (temperature**2) / student.shape[1]
 
 
 @functools.lru_cache(maxsize=64)
