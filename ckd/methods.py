@@ -211,7 +211,8 @@ def make_strategy(
     if fast:
         from ckd.training import TensorDER as DER, TensorJointTraining as JointTraining, TensorNaive as Naive
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    # foreach: one update over every tensor, the per-tensor loop's arithmetic (the CPU default is that loop)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, foreach=True)
     if method.startswith("kd-"):  # ckd plugins take the run's seed for their buffer
         args = {**args, "seed": seed}
     common: dict[str, Any] = dict(
