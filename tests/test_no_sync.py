@@ -90,7 +90,7 @@ class SyncFreeHeads(MultiTaskModule):
 
 def _train_guarded(
     method: str, overrides: dict | None = None, task_labels: bool = False, model=None,
-    device: str = "cpu", context=forbid_host_syncs,
+    device: str = "cpu", context=forbid_host_syncs, fast: bool = False,
 ) -> int:
     """Train ``method`` on three experiences of split-digits, guarding every iteration
     from the second experience on (``joint``: every iteration). Returns how many were guarded."""
@@ -102,7 +102,7 @@ def _train_guarded(
     if "mem_size" in args:
         args["mem_size"] = 40
     guard = _Guard(armed_from_experience=0 if method == "joint" else 1, context=context)
-    strategy = make_strategy(method, model, settings, args)
+    strategy = make_strategy(method, model, settings, args, fast=fast)
     strategy.plugins.insert(0, _Arm(guard))
     strategy.plugins.append(_Disarm(guard))  # after Avalanche's evaluator and clock
     try:
@@ -126,9 +126,44 @@ def _method_params():
         yield pytest.param(method, marks=marks, id=method)
 
 
+@pytest.mark.parametrize("loader", ["tensor", "avalanche"])
 @pytest.mark.parametrize("method", list(_method_params()))
-def test_no_training_iteration_of_any_method_syncs(method):
-    assert _train_guarded(method) >= 10
+def test_no_training_iteration_of_any_method_syncs(method, loader):
+    assert _train_guarded(method, fast=loader == "tensor") >= 10
+
+
+@pytest.mark.parametrize("method,args", [
+    ("naive", {}), ("replay", {}), ("kd-replay", {}), ("kd-replay", {"policy": "class_balanced", "known_classes_only": True}),
+    ("kd-replay-cached", {}), ("kd-ema", {}),
+])
+def test_no_vectorized_step_syncs(method, args, monkeypatch):
+    """Each step of the vectorized pass (``ckd.vectorized._step``, then the buffers'
+    insertion and the EMAs' update) from the second experience on."""
+    import ckd.vectorized as vectorized
+    from ckd.runner import RunConfig
+
+    configs = [RunConfig("split-digits", method, seed=s, epochs=1, max_train_per_experience=60,
+                         method_args={**args, **({"mem_size": 40} if method != "naive" else {})})
+               for s in (0, 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        training = vectorized.VectorizedTraining(configs)
+    training.train_experience(0)
+    guarded = []
+
+    def guard(function):
+        def run(*a, **k):
+            with forbid_host_syncs():
+                out = function(*a, **k)
+            guarded.append(function.__name__)
+            return out
+        return run
+
+    monkeypatch.setattr(vectorized, "_step", guard(vectorized._step))
+    monkeypatch.setattr(vectorized._StackedKD, "after_iteration", guard(vectorized._StackedKD.after_iteration))
+    monkeypatch.setattr(vectorized._StackedEMA, "update", guard(vectorized._StackedEMA.update))
+    training.train_experience(1)
+    assert guarded.count("_step") >= 6
 
 
 def test_current_classes_only_does_not_sync():
@@ -171,7 +206,8 @@ def _cuda_sync_errors():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("method", [m for m in available_methods() if m not in AVALANCHE_SYNCS])
-def test_no_training_iteration_syncs_on_cuda(method):
+@pytest.mark.parametrize("loader", ["tensor", "avalanche"])
+def test_no_training_iteration_syncs_on_cuda(method, loader):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    assert _train_guarded(method, device="cuda", context=_cuda_sync_errors) >= 10
+    assert _train_guarded(method, device="cuda", context=_cuda_sync_errors, fast=loader == "tensor") >= 10
