@@ -417,8 +417,10 @@ def _summed_soft_kl(student: Tensor, teacher: Tensor, temperature: float, mask: 
 def _row_weights(n: int, replayed: int, beta: float, device: torch.device) -> Tensor:
     """``(n + replayed,)``: each row's weight in its seed's loss, ``1/n`` for a current row (the
     criterion's mean) and ``β/R`` for a replayed one (the replay cross-entropy's)."""
-    weights = [1.0 / n] * n + [beta / replayed if replayed else 0.0] * replayed
-    return torch.tensor(weights, device=device)
+    weights = torch.full((n + replayed,), 1.0 / n, device=device)  # filled on the device: no host copy
+    if replayed:
+        weights[n:] = beta / replayed
+    return weights
 
 
 def _summed_loss(

@@ -136,13 +136,17 @@ def test_no_training_iteration_of_any_method_syncs(method, loader):
     ("naive", {}), ("replay", {}), ("kd-replay", {}), ("kd-replay", {"policy": "class_balanced", "known_classes_only": True}),
     ("kd-replay-cached", {}), ("kd-ema", {}),
 ])
-def test_no_vectorized_step_syncs(method, args, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_no_vectorized_step_syncs(method, args, device, monkeypatch):
     """Each step of the vectorized pass (``ckd.vectorized._step``, then the buffers'
     insertion and the EMAs' update) from the second experience on."""
     import ckd.vectorized as vectorized
     from ckd.runner import RunConfig
 
-    configs = [RunConfig("split-digits", method, seed=s, epochs=1, max_train_per_experience=60,
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    context = forbid_host_syncs if device == "cpu" else _cuda_sync_errors
+    configs = [RunConfig("split-digits", method, seed=s, epochs=1, max_train_per_experience=60, device=device,
                          method_args={**args, **({"mem_size": 40} if method != "naive" else {})})
                for s in (0, 1)]
     with warnings.catch_warnings():
@@ -153,7 +157,7 @@ def test_no_vectorized_step_syncs(method, args, monkeypatch):
 
     def guard(function):
         def run(*a, **k):
-            with forbid_host_syncs():
+            with context():
                 out = function(*a, **k)
             guarded.append(function.__name__)
             return out
