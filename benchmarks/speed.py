@@ -24,8 +24,10 @@ ckd ``kd-replay`` and ``kd-replay-cached`` (class-balanced buffer, soft targets 
 outputs, α 1, T 2, β 1, as tuned for Seq-MNIST). ``*_fast``: the same strategy on
 the tensor-native path (``ckd.training``, the runner's default); ``kd_replay_vectorized_5``:
 kd-replay for seeds 0–4 as one stacked model (``ckd.vectorized``), its time per
-iteration covering all five seeds. ``vectorized_5_seeds_vs_5_sequential`` divides
-that by five times ``kd_replay_fast``.
+iteration covering all five seeds, on ``--vectorized-threads`` (default: every core; the
+others on ``--threads``, default one, the fastest for one run of this MLP here).
+``vectorized_5_seeds_vs_5_sequential`` divides that by five times ``kd_replay_fast``.
+``ratios`` divide medians; ``ratios_paired`` are the medians of the ratios within each round.
 """
 
 from __future__ import annotations
@@ -265,9 +267,18 @@ def measure(args: argparse.Namespace) -> dict:
     ratios = {
         key: seconds[a] / seconds[b] for key, (a, b) in RATIOS.items() if a in seconds and b in seconds
     }
+    # The same ratios taken within each round (methods timed seconds apart), then the median
+    # over rounds: what a drift in machine speed between rounds moves least.
+    paired = {
+        key: statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+        for key, (a, b) in RATIOS.items() if a in samples and b in samples
+    }
     if "kd_replay_vectorized_5" in seconds and "kd_replay_fast" in seconds:
         ratios["vectorized_5_seeds_vs_5_sequential"] = (
             seconds["kd_replay_vectorized_5"] / (VECTORIZED_SEEDS * seconds["kd_replay_fast"])
+        )
+        paired["vectorized_5_seeds_vs_5_sequential"] = statistics.median(
+            v / (VECTORIZED_SEEDS * f) for v, f in zip(samples["kd_replay_vectorized_5"], samples["kd_replay_fast"])
         )
     return {
         "protocol": "Seq-MNIST (DER): MLP 784-100-100-10, SGD lr 0.03, stream batch 10, experience 1 timed",
@@ -282,6 +293,7 @@ def measure(args: argparse.Namespace) -> dict:
         "seconds_per_iteration_all": samples,
         "peak_cuda_memory_mb": peak_cuda if device.type == "cuda" else None,
         "ratios": ratios,
+        "ratios_paired": paired,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
 
@@ -373,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'method':<24} {'ms / iteration':>15}")
     for name, sec in result["seconds_per_iteration"].items():
         print(f"{name:<24} {1000 * sec:>15.3f}")
+    print(f"{'ratio':<34} {'of medians':>10} {'paired':>8}")
     for key, value in result["ratios"].items():
-        print(f"{key:<34} {value:.3f}")
+        print(f"{key:<34} {value:>10.3f} {result['ratios_paired'][key]:>8.3f}")
     if args.json:
         write_json_atomic(Path(args.json), result)
         print(f"wrote {args.json}", file=sys.stderr)

@@ -1,0 +1,25 @@
+"""The speed benchmark runs end to end and reports the ratios its targets name."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+speed = pytest.importorskip("speed")
+
+
+def test_speed_reports_the_fast_and_vectorized_ratios_side_by_side(mnist_root, tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    argv = ["--data-root", str(mnist_root), "--max-train", "60", "--repeats", "2", "--json", str(out),
+            "--methods", "raw_loop", "kd_replay_fast", "kd_replay_vectorized_5"]
+    assert speed.main(argv) == 0
+    result = json.loads(out.read_text())
+    for ratios in (result["ratios"], result["ratios_paired"]):
+        assert set(ratios) == {"kd_replay_fast_vs_raw_loop", "vectorized_5_seeds_vs_5_sequential"}
+        assert all(math.isfinite(v) and v > 0 for v in ratios.values())
+    assert all(len(v) == 2 for v in result["seconds_per_iteration_all"].values())
+    assert result["vectorized_threads"] >= 1
+    assert "vectorized_5_seeds_vs_5_sequential" in capsys.readouterr().out
