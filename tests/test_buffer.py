@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from ckd.buffer import ReplayBuffer
+from ckd.buffer import ReplayBuffer, StackedBuffers
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -158,3 +158,102 @@ def test_class_balanced_refill_with_the_same_experience_again_stays_within_quota
         _class_balanced_update(buf, torch.arange(2, 4).repeat(100), 1)
         assert len(buf) == 40
         assert torch.bincount(buf.y, minlength=4).tolist() == [10, 10, 10, 10]
+
+
+def _seed_batches(n_batches: int, n: int, n_buffers: int = 3, feature_dim: int = 2):
+    """Stream minibatches ``x (S, n, feature_dim)``, ``y``, ``task (S, n)``, different for every buffer."""
+    g = torch.Generator().manual_seed(1234)
+    for _ in range(n_batches):
+        yield (
+            torch.randn(n_buffers, n, feature_dim, generator=g),
+            torch.randint(0, 10, (n_buffers, n), generator=g),
+            torch.randint(0, 5, (n_buffers, n), generator=g),
+        )
+
+
+def _buffers(mem_size: int, device: str = "cpu", policy: str = "reservoir", seeds=(0, 1, 2)):
+    return [ReplayBuffer(mem_size, policy, device=device, seed=s) for s in seeds]
+
+
+def _assert_same_contents(stacked: ReplayBuffer, alone: ReplayBuffer):
+    assert (stacked.size, stacked.seen) == (alone.size, alone.seen)
+    for name in ("x", "y", "task", "experience", "logits", "logits_mask"):
+        a, b = getattr(stacked, name), getattr(alone, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert torch.equal(a, b), name
+
+
+def _assert_stacked_draws_match(stacked: StackedBuffers, alone: list[ReplayBuffer], k: int, draws: int = 3,
+                                fields=("x", "y", "task", "experience")):
+    for _ in range(draws):  # several in a row: each buffer's generator must stay in step
+        out = stacked.sample(k, fields)
+        assert set(out) == set(fields)
+        for s, buffer in enumerate(alone):
+            expected = buffer.sample(k)
+            for name in fields:
+                assert torch.equal(out[name][s], getattr(expected, name)), (s, name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stacked_sample_is_each_buffers_own_sample(device):
+    stacked_buffers, alone = _buffers(40, device), _buffers(40, device)
+    stacked = StackedBuffers(stacked_buffers)
+    for x, y, task in _seed_batches(5, 6):  # 30 rows: not full
+        for s in range(3):
+            stacked_buffers[s].reservoir_add(x[s], y[s], task[s], 1)
+            alone[s].reservoir_add(x[s], y[s], task[s], 1)
+    for k in (7, 30, 50):  # fewer rows than the buffer holds, all of them, more
+        _assert_stacked_draws_match(stacked, alone, k)
+    _assert_stacked_draws_match(stacked, alone, 7, fields=("x", "y"))
+
+
+def test_stacked_sample_of_buffers_of_different_sizes_draws_from_each_alone():
+    stacked_buffers, alone = _buffers(40), _buffers(40)
+    stacked = StackedBuffers(stacked_buffers)
+    for s, rows in enumerate((12, 30, 21)):
+        for buffers in (stacked_buffers, alone):
+            buffers[s].reservoir_add(*_stream_batch(100 * s, rows))
+    assert [b.size for b in stacked_buffers] == [12, 30, 21]
+    _assert_stacked_draws_match(stacked, alone, 9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stacked_reservoir_add_is_each_buffers_own_reservoir_add(device):
+    mem = 24
+    stacked_buffers, alone = _buffers(mem, device), _buffers(mem, device)
+    stacked = StackedBuffers(stacked_buffers)
+    for i, (x, y, task) in enumerate(_seed_batches(40, 7)):  # 280 rows into 24 slots: random replacement
+        stacked.reservoir_add(x.to(device), y.to(device), task.to(device), i)
+        for s, buffer in enumerate(alone):
+            buffer.reservoir_add(x[s].to(device), y[s].to(device), task[s].to(device), i)
+        if i == 20:  # cached logits: the stacked write must invalidate the slots it overwrites
+            for buffers in (stacked_buffers, alone):
+                for s, buffer in enumerate(buffers):
+                    buffer.set_logits(torch.arange(mem, device=device), torch.full((mem, 4), float(s), device=device),
+                                      torch.ones(4, dtype=torch.bool, device=device))
+        for a, b in zip(stacked_buffers, alone):
+            _assert_same_contents(a, b)
+    assert all(b.seen == 280 and b.size == mem for b in stacked_buffers)
+    assert all(b.logits_mask.any() and not b.logits_mask.all() for b in stacked_buffers)  # some, not all, overwritten
+    assert len({tuple(b.experience.tolist()) for b in stacked_buffers}) == 3  # each buffer kept its own rows
+    _assert_stacked_draws_match(stacked, alone, 10, fields=("x", "y", "task", "experience", "logits", "logits_mask"))
+
+
+def test_stacked_sample_sees_writes_through_a_buffers_own_methods():
+    stacked_buffers, alone = _buffers(24, policy="class_balanced"), _buffers(24, policy="class_balanced")
+    stacked = StackedBuffers(stacked_buffers)
+    for exp, (x, y, task) in enumerate(_seed_batches(3, 60)):
+        y = y % 2 + 2 * exp  # two new classes per experience
+        for buffers in (stacked_buffers, alone):
+            for s, buffer in enumerate(buffers):
+                plan = buffer.class_balanced_select(y[s], exp)
+                buffer.class_balanced_fill(plan, x[s][plan.index], y[s][plan.index], task[s][plan.index], exp)
+        _assert_stacked_draws_match(stacked, alone, 8)  # in-place writes into the stacked storage
+    for width in (3, 5):  # set_logits allocates, then grows, the logits: new tensors to stack
+        logits = torch.randn(3, 12, width)
+        for buffers in (stacked_buffers, alone):
+            for s, buffer in enumerate(buffers):
+                buffer.set_logits(torch.arange(s % 2, 24, 2), logits[s], torch.ones(width, dtype=torch.bool))
+        _assert_stacked_draws_match(stacked, alone, 8, fields=("x", "y", "logits", "logits_mask"))
+        assert stacked.stacks["_logits"].shape == (3, 25, 5 if width == 5 else 3)

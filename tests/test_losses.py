@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ckd.losses import average_soft_targets, feature_distance, rkd_angle, rkd_distance, soft_kl
+from ckd.losses import average_soft_targets, feature_distance, rkd_angle, rkd_distance, soft_kl, soft_kl_sum
 
 
 def _kl(p, q):
@@ -179,3 +179,46 @@ def test_average_soft_targets_by_hand():
     assert soft_kl(student, out, t).item() == pytest.approx(t * t * kl, rel=1e-5)
     with pytest.raises(ValueError, match=r"weights must be \(B, K\)"):
         average_soft_targets(logits, torch.ones(1, 3) / 3, t, masks)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["all-known", "masked"])
+def test_soft_kl_sum_over_seeds_is_the_seeds_soft_kl_summed(masked):
+    torch.manual_seed(3)
+    seeds, rows, classes, temperature = 3, 6, 5, 2.0
+    student = torch.randn(seeds, rows, classes, requires_grad=True)
+    teacher = torch.randn(seeds, rows, classes) * 3
+    mask = None
+    if masked:
+        mask = torch.rand(seeds, rows, classes) > 0.3
+        mask[0, 1] = False  # no known class: adds 0
+        mask[1, 2] = torch.tensor([False, False, True, False, False])  # a single known class: KL 0
+        mask[2, 0] = True
+    batched = soft_kl_sum(student, teacher, temperature, mask) * temperature**2 / rows
+    (grad_batched,) = torch.autograd.grad(batched, student)
+    per_seed = sum(soft_kl(student[s], teacher[s], temperature, None if mask is None else mask[s]) for s in range(seeds))
+    (grad_per_seed,) = torch.autograd.grad(per_seed, student)
+    # One sum over all rows rounds differently from a sum of per-seed sums: the values agree
+    # to float32 rounding only. The gradients take the same element-wise steps: bit for bit.
+    assert batched.item() == pytest.approx(per_seed.item(), rel=1e-6)
+    assert torch.equal(grad_batched, grad_per_seed)
+    assert torch.isfinite(grad_batched).all() and batched.item() > 0
+    if masked:
+        assert torch.all(grad_batched[0, 1] == 0) and torch.all(grad_batched[1, 2] == 0)
+        assert torch.all(grad_batched[~mask] == 0)
+
+
+def test_soft_kl_of_a_wider_student_is_taken_on_the_teachers_columns():
+    temperature = 2.0
+    student = torch.tensor([[0.5, -1.0, 2.0, 7.0, -3.0], [1.0, 0.0, -0.5, -9.0, 4.0]], requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [-2.0, 3.0, 1.0]])
+    rows = [
+        _kl(_softmax([v / temperature for v in t]), _softmax([v / temperature for v in s[:3]]))
+        for s, t in zip(student.tolist(), teacher.tolist())
+    ]
+    loss = soft_kl(student, teacher, temperature)
+    assert loss.item() == pytest.approx(temperature**2 * sum(rows) / 2, rel=1e-6)
+    loss.backward()
+    p_s = torch.softmax(student.detach()[:, :3] / temperature, dim=1)
+    p_t = torch.softmax(teacher / temperature, dim=1)
+    torch.testing.assert_close(student.grad[:, :3], temperature * (p_s - p_t) / 2, atol=1e-7, rtol=1e-5)
+    assert torch.all(student.grad[:, 3:] == 0)

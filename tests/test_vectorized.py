@@ -3,11 +3,13 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from ckd.losses import soft_kl
 from ckd.methods import METHOD_DEFAULTS
 from ckd.models import mlp, small_cnn
 from ckd.runner import RunConfig, run
-from ckd.vectorized import StackedModel, check_vectorizable, run_vectorized, run_vectorized_to_files
+from ckd.vectorized import StackedModel, _summed_loss, check_vectorizable, run_vectorized, run_vectorized_to_files
 
 SEEDS = (0, 1, 2)
 
@@ -126,3 +128,65 @@ def test_the_cli_and_a_suite_vectorize_on_request(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--stream", "split-digits", "--method", "lwf", "--vectorize", "--out", str(out), "--quiet"]) == 2
     assert capsys.readouterr().err.strip().startswith("ckd: error: method 'lwf' cannot be vectorized")
+
+
+def test_the_plain_stacked_mlp_matches_vmap_and_its_weight_gradients_are_contiguous():
+    torch.manual_seed(0)
+    models = [mlp((1, 8, 8), 10) for _ in range(3)]
+    plain, mapped = StackedModel(models), StackedModel(models)
+    mapped.layers = None
+    assert plain.layers is not None
+    x, y = torch.rand(3, 5, 1, 8, 8), torch.randint(0, 10, (3, 5))
+    outs, grads = [], []
+    for net in (plain, mapped):
+        out = net(x)
+        loss = F.cross_entropy(out.reshape(-1, 10), y.reshape(-1), reduction="sum")
+        # autograd.grad, not .grad: backward() would clone a strided gradient into the weight's layout.
+        grads.append(torch.autograd.grad(loss, net.tensors))
+        outs.append(out.detach())
+    # bmm in a transposed layout and vmap of addmm round differently: allclose, not equal.
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=1e-5)
+    for name, g_plain, g_mapped in zip(plain.names, *grads):
+        assert g_plain.is_contiguous(), name
+        torch.testing.assert_close(g_plain, g_mapped, atol=1e-6, rtol=1e-5)
+        assert g_plain.abs().sum() > 0
+
+
+def test_a_stacked_cnn_runs_through_vmap():
+    torch.manual_seed(0)
+    models = [small_cnn((1, 8, 8), 10, width=4) for _ in range(3)]
+    net = StackedModel(models)
+    assert net.layers is None
+    x = torch.rand(3, 4, 1, 8, 8)
+    out = net(x)
+    out.sum().backward()
+    assert out.shape == (3, 4, 10) and torch.allclose(out[1], models[1](x[1]), atol=1e-6)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.stacked)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+@pytest.mark.parametrize("beta", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("masked", [False, True], ids=["all-known", "masked-grown-head"])
+def test_summed_loss_gradient_is_that_of_the_seeds_sequential_losses(alpha, beta, masked):
+    torch.manual_seed(4)
+    seeds, n, replayed, classes, temperature = 3, 8, 5, 7, 2.0
+    out = torch.randn(seeds, n + replayed, classes, requires_grad=True)
+    y, replay_y = torch.randint(0, classes, (seeds, n)), torch.randint(0, classes, (seeds, replayed))
+    width = classes - 2 if masked else classes  # a head that grew since the teacher
+    target = torch.randn(seeds, replayed, width) * 2
+    mask = torch.rand(seeds, replayed, width) > 0.3 if masked else None
+    loss, kd = _summed_loss(out, y, replay_y, target, mask, alpha, beta, temperature)
+    (grad,) = torch.autograd.grad(loss, out)
+
+    kd_terms = [soft_kl(out[s, n:], target[s], temperature, None if mask is None else mask[s]) for s in range(seeds)]
+    sequential = sum(
+        F.cross_entropy(out[s, :n], y[s]) + alpha * kd_terms[s] + beta * F.cross_entropy(out[s, n:], replay_y[s])
+        for s in range(seeds)
+    )
+    (expected,) = torch.autograd.grad(sequential, out)
+    # One weighted cross-entropy over all rows and one KL sum: float32 rounding apart, not bit for bit.
+    torch.testing.assert_close(grad, expected, atol=1e-7, rtol=1e-5)
+    assert loss.item() == pytest.approx(sequential.item(), rel=1e-5)
+    assert kd.item() == pytest.approx(sum(kd_terms).item(), rel=1e-5)
+    if masked:
+        assert bool(torch.all(grad[:, n:, width:] == 0)) == (beta == 0)  # only the replay cross-entropy reaches them
