@@ -343,6 +343,7 @@ class StackedBuffers:
         self.stacks: dict[str, Tensor | None] = {}
         self._views: tuple = ()
         self._offsets: Tensor | None = None  # (S, 1): each buffer's first row in the flattened stack
+        self._mixed: set[str] = set()  # fields some buffers hold and others do not (or in other widths)
 
     def _storage(self) -> tuple:
         return tuple(getattr(b, name) for b in self.buffers for name in _STORAGE)
@@ -350,10 +351,13 @@ class StackedBuffers:
     def _restack(self) -> None:
         if len(self._views) and all(a is b for a, b in zip(self._storage(), self._views)):
             return
+        self._mixed = set()
         for name in _STORAGE:
             parts = [getattr(b, name) for b in self.buffers]
-            if any(p is None for p in parts):
+            if any(p is None or p.shape != parts[0].shape for p in parts):
                 self.stacks[name] = None
+                if any(p is not None for p in parts):  # some buffers have it, or in other widths
+                    self._mixed.add(name.removeprefix("_"))
                 continue
             self.stacks[name] = torch.stack(parts)
             for buffer, view in zip(self.buffers, self.stacks[name].unbind(0)):
@@ -366,12 +370,13 @@ class StackedBuffers:
         """Every buffer's :meth:`ReplayBuffer.reservoir_add` of its own minibatch, ``x (S, n, ...)``,
         ``y``, ``task (S, n)``: each buffer's draws from its own generator, one batched write."""
         first = self.buffers[0]
-        if first._x is None or any(b.seen != first.seen for b in self.buffers):  # allocate, or buffers that differ
-            for s, buffer in enumerate(self.buffers):
+        if first._x is not None:
+            self._restack()
+        if first._x is None or self._mixed or any(b.seen != first.seen for b in self.buffers):
+            for s, buffer in enumerate(self.buffers):  # allocate, or buffers that differ: one at a time
                 buffer.reservoir_add(x[s], y[s], task[s], experience)
             return
         first._check_input(x[0], y[0], task[0])
-        self._restack()
         n_buffers, n = x.shape[:2]
         draw = torch.empty(n_buffers, n, dtype=torch.float64, device=first.device)
         for row, buffer in zip(draw.unbind(0), self.buffers):
@@ -396,6 +401,11 @@ class StackedBuffers:
         size = self.buffers[0].size
         if any(b.size != size for b in self.buffers):  # one draw each, then stacked
             draws = [b.sample(batch_size) for b in self.buffers]
+            if len({d.x.shape[0] for d in draws}) > 1:
+                raise ValueError(
+                    f"the buffers hold {sorted(b.size for b in self.buffers)} samples, too few for one replay batch "
+                    f"of {batch_size} each: their draws cannot be stacked (lower replay_batch_size)"
+                )
             return {
                 name: None if getattr(draws[0], name) is None else torch.stack([getattr(d, name) for d in draws])
                 for name in fields
@@ -405,6 +415,9 @@ class StackedBuffers:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._restack()
+        if self._mixed & set(fields):
+            raise ValueError(f"only some buffers hold {sorted(self._mixed & set(fields))} (or in other widths): "
+                             "they cannot be drawn from together")
         n, k, device = len(self.buffers), min(batch_size, size), self.buffers[0].device
         keys = torch.empty(n, size, device=device)
         for row, buffer in zip(keys.unbind(0), self.buffers):

@@ -257,3 +257,34 @@ def test_stacked_sample_sees_writes_through_a_buffers_own_methods():
                 buffer.set_logits(torch.arange(s % 2, 24, 2), logits[s], torch.ones(width, dtype=torch.bool))
         _assert_stacked_draws_match(stacked, alone, 8, fields=("x", "y", "logits", "logits_mask"))
         assert stacked.stacks["_logits"].shape == (3, 25, 5 if width == 5 else 3)
+
+
+def test_stacked_draws_that_cannot_be_stacked_are_refused_in_one_line():
+    buffers = [ReplayBuffer(10, seed=0), ReplayBuffer(10, seed=1)]
+    labels = [torch.zeros(n, dtype=torch.long) for n in (5, 8)]
+    for buffer, y in zip(buffers, labels):
+        buffer.reservoir_add(torch.randn(y.shape[0], 2), y, y)
+    stacked = StackedBuffers(buffers)
+    assert stacked.sample(5)["x"].shape == (2, 5, 2)  # enough rows in each
+    with pytest.raises(ValueError, match=r"hold \[5, 8\] samples, too few for one replay batch of 6"):
+        stacked.sample(6)
+
+
+def test_stacked_reservoir_add_with_logits_in_some_buffers_matches_each_buffer_alone():
+    stacked_buffers = [ReplayBuffer(4, seed=0), ReplayBuffer(4, seed=1)]
+    alone = [ReplayBuffer(4, seed=0), ReplayBuffer(4, seed=1)]
+    stacked = StackedBuffers(stacked_buffers)
+    batches = [torch.arange(8.0).view(2, 4, 1), torch.arange(100.0, 140.0).view(2, 20, 1)]
+    for i, x in enumerate(batches):
+        y = torch.zeros(x.shape[:2], dtype=torch.long)
+        stacked.reservoir_add(x, y, y)
+        for s, buffer in enumerate(alone):
+            buffer.reservoir_add(x[s], y[s], y[s])
+        if i == 0:  # logits cached in the first buffer only
+            for buffer in (stacked_buffers[0], alone[0]):
+                buffer.set_logits(torch.arange(4), torch.randn(4, 3), torch.ones(3, dtype=torch.bool))
+    assert torch.equal(stacked_buffers[0].logits_mask, alone[0].logits_mask)
+    assert not alone[0].logits_mask.all()  # overwritten slots lost their logits
+    assert all(torch.equal(a.x, b.x) for a, b in zip(stacked_buffers, alone))
+    with pytest.raises(ValueError, match=r"only some buffers hold \['logits'\]"):
+        stacked.sample(2, fields=("logits",))
