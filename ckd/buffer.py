@@ -154,11 +154,14 @@ class ReplayBuffer:
         self._x[slots] = x.to(self.device, dtype=self._x.dtype, non_blocking=True)
         self._y[slots] = y.to(self.device, dtype=torch.long, non_blocking=True)
         self._task[slots] = task.to(self.device, dtype=torch.long, non_blocking=True)
-        self._experience[slots] = (
-            experience.to(self.device) if isinstance(experience, Tensor) else experience
-        )
+        # A Python scalar written through indexing is copied from the host first (a sync on
+        # CUDA); index_fill_ takes it as an argument.
+        if isinstance(experience, Tensor):
+            self._experience[slots] = experience.to(self.device)
+        else:
+            self._experience.index_fill_(0, slots, experience)
         if self._logits_mask is not None:
-            self._logits_mask[slots] = False  # the previous occupant's logits are stale
+            self._logits_mask.index_fill_(0, slots, False)  # the previous occupant's logits are stale
 
     @property
     def nbytes(self) -> int:
@@ -387,9 +390,9 @@ class StackedBuffers:
         stacks["_x"].flatten(0, 1)[flat] = x.reshape(-1, *x.shape[2:]).to(first.device, stacks["_x"].dtype)
         stacks["_y"].flatten(0, 1)[flat] = y.reshape(-1).to(first.device, torch.long)
         stacks["_task"].flatten(0, 1)[flat] = task.reshape(-1).to(first.device, torch.long)
-        stacks["_experience"].flatten(0, 1)[flat] = experience
+        stacks["_experience"].flatten(0, 1).index_fill_(0, flat, experience)  # a scalar: no host copy
         if stacks["_logits_mask"] is not None:
-            stacks["_logits_mask"].flatten(0, 1)[flat] = False  # the previous occupants' logits are stale
+            stacks["_logits_mask"].flatten(0, 1).index_fill_(0, flat, False)  # the previous occupants' logits are stale
         for buffer in self.buffers:
             buffer.seen += n
             buffer.size = min(buffer.mem_size, buffer.seen)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ckd.buffer import ReplayBuffer, ReplaySample
+from ckd.devices import to_device
 from ckd.losses import average_soft_targets
 
 __all__ = [
@@ -115,7 +116,7 @@ class FrozenModel:
                 table[:-1, :width] = known[:, :width]
             else:
                 table[:-1] = known.any(dim=1, keepdim=True)
-            self._tables[key] = table.to(device)
+            self._tables[key] = to_device(table, device)  # built in a step: no host sync
         return self._tables[key]
 
     def logits(self, x: Tensor, task: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -140,7 +141,7 @@ class FrozenModel:
         """bool ``(n_tasks + 1,)``: tasks with a head; the last entry (unseen tasks) False."""
         key = ("tasks", str(device))
         if key not in self._tables:
-            self._tables[key] = torch.cat([self.known_tasks, torch.zeros(1, dtype=torch.bool)]).to(device)
+            self._tables[key] = to_device(torch.cat([self.known_tasks, torch.zeros(1, dtype=torch.bool)]), device)
         return self._tables[key]
 
     @property

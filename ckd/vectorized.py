@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ckd.buffer import ReplayBuffer, StackedBuffers
+from ckd.devices import to_device
 from ckd.losses import check_temperature, soft_kl_sum
 from ckd.training import TensorBatches, dataset_tensors, permutation_seed
 
@@ -346,7 +347,7 @@ class _StackedKD:
             table = torch.zeros(seen.shape[0] + 1, width, dtype=torch.bool)
             w = min(width, seen.shape[1])
             table[:-1, :w] = seen[:, :w]
-            self._table = (key, table.to(task.device))
+            self._table = (key, to_device(table, task.device))
         table = self._table[1]
         return table[task.clamp_max(table.shape[0] - 1)]
 
