@@ -232,7 +232,7 @@ class TeacherSet:
             logits[k, :, : out.shape[1]] = out
             masks[k, :, : out.shape[1]] = True if mask is None else mask
         if self._finished is None or self._finished.device != experience.device:
-            self._finished = torch.as_tensor(self.experiences, device=experience.device)
+            self._finished = to_device(torch.as_tensor(self.experiences), experience.device)  # once per experience
         finished = self._finished
         if ensemble == "own":
             pick = torch.searchsorted(finished, experience.contiguous()).clamp_max(len(self) - 1)
