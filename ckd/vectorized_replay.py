@@ -11,15 +11,14 @@ stacked, gathered from the experience's and the memory's tensors.
 
 The draws of one experience, in order:
 
-1. the tensor path's permutation seed (``TensorTraining.make_train_dataloader``,
-   made before the plugin replaces the loader);
-2. per epoch, with an empty memory (the first experience): the tensor path's pass
-   (one draw, then a permutation from the generator seeded in 1, on the device);
-   with a memory: the ``DataLoader`` iterator's base seed, the seed of the
-   experience's ``RandomSampler``, then one seed of the memory's ``RandomSampler``
-   per pass over the memory (when it runs out before the epoch ends it starts
-   again, its last batch short when ``replay_batch_size`` does not divide it);
-3. the storage policy's ``post_adapt``: one weight per new row (``torch.rand``);
+1. per epoch, the replay loader's (:func:`ckd.tensor_replay.replay_rows`, which
+   the sequential run's loader draws from too): the ``DataLoader`` iterator's base
+   seed, the seed of the experience's ``RandomSampler``, then one seed of the
+   memory's ``RandomSampler`` per pass over the memory (when it runs out before
+   the epoch ends it starts again, its last batch short when ``replay_batch_size``
+   does not divide it); with an empty memory (the first experience) the same
+   without the memory's;
+2. the storage policy's ``post_adapt``: one weight per new row (``torch.rand``);
    ``reservoir`` keeps the ``mem_size`` rows of highest weight among the new rows
    and the memory, ``experience_balanced`` keeps each experience's highest-weight
    rows, ``mem_size`` split evenly over the experiences seen (the remainder to the
@@ -28,14 +27,13 @@ The draws of one experience, in order:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ckd.training import permutation_seed
+from ckd.tensor_replay import replay_rows
 
 __all__ = ["REPLAY_POLICIES", "StackedExperienceReplay", "check_replay_args"]
 
@@ -51,16 +49,6 @@ def check_replay_args(args: dict[str, Any]) -> None:
             f"vectorize covers the replay policies {REPLAY_POLICIES}, got policy={args['policy']!r}: "
             "run without --vectorize"
         )
-
-
-def _global_seed() -> int:
-    """The seed a ``DataLoader`` iterator or a ``RandomSampler`` draws from the global generator."""
-    return int(torch.empty((), dtype=torch.int64).random_().item())
-
-
-def _sampler_order(n: int) -> Tensor:
-    """One pass of a ``RandomSampler`` over ``n`` rows ``(n,)``: its seed drawn from the global generator."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(_global_seed()))
 
 
 def _group_lengths(mem_size: int, n_groups: int) -> list[int]:
@@ -137,23 +125,11 @@ class StackedExperienceReplay:
     def _draws(self, seed: int, exp: int, n: int, m: int) -> tuple[list[Tensor], Tensor]:
         """Seed ``seed``'s minibatches of experience ``exp`` as rows ``(b_k,)`` of
         ``cat(experience (n), memory (m))``, one per step, and the new rows' weights ``(n,)``."""
-        b, r = self.batch_size, self.replay_batch_size
         steps: list[Tensor] = []
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed * 1000 + exp)  # as ckd.runner.run, before each experience
-            first = permutation_seed()
-            if m == 0:  # the plugin keeps the tensor path's loader
-                generator = torch.Generator(device=self.device).manual_seed(first)
-                for _ in range(self.epochs):
-                    _global_seed()
-                    steps += torch.randperm(n, generator=generator, device=self.device).split(b)
-            else:
-                passes = math.ceil(math.ceil(n / b) / math.ceil(m / r))
-                for _ in range(self.epochs):
-                    _global_seed()
-                    current = _sampler_order(n).split(b)
-                    replayed = [rows + n for _ in range(passes) for rows in _sampler_order(m).split(r)]
-                    steps += [torch.cat([c, rows]) for c, rows in zip(current, replayed)]
+            for _ in range(self.epochs):
+                steps += replay_rows(n, m, self.batch_size, self.replay_batch_size)
             weights = torch.rand(n)
         return steps, weights
 

@@ -153,18 +153,32 @@ def test_plugins_see_the_same_hooks_and_batches_and_the_evaluator_none(digits):
     assert slow_eval.training_calls == 30 and fast_eval.training_calls == 0
 
 
-def test_a_plugin_that_replaces_the_loader_keeps_its_own():
-    class Loaders(SupervisedPlugin):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
+class _Loaders(SupervisedPlugin):
+    """The loader of every training epoch, by type name."""
 
-        def before_training_epoch(self, strategy, **kwargs):
-            self.seen.append(type(strategy.dataloader).__name__)
+    def __init__(self):
+        super().__init__()
+        self.seen = []
 
-    loaders = Loaders()
+    def before_training_epoch(self, strategy, **kwargs):
+        self.seen.append(type(strategy.dataloader).__name__)
+
+
+def test_avalanche_replay_loader_is_read_from_tensors():
+    loaders = _Loaders()
     _, _, strategy = _train("replay", make_stream("split-digits", seed=0, max_train_per_experience=30),
                             fast=True, plugins=[loaders])
     assert isinstance(strategy, TensorNaive)
-    # Experience 0 trains from tensors; then Avalanche's ReplayPlugin installs its replay loader.
-    assert loaders.seen == ["TensorBatches"] * 2 + ["ReplayDataLoader"] * 8
+    # Experience 0 in Avalanche's order too; then the ReplayPlugin's ReplayDataLoader, from tensors.
+    assert loaders.seen == ["ReplayBatches"] * 10
+
+
+def test_a_plugin_that_replaces_the_loader_keeps_its_own():
+    class OwnLoader(SupervisedPlugin):
+        def before_training_exp(self, strategy, **kwargs):
+            strategy.dataloader = DataLoader(strategy.adapted_dataset, batch_size=10)
+
+    loaders = _Loaders()
+    _train("naive", make_stream("split-digits", seed=0, max_train_per_experience=30), fast=True,
+           plugins=[OwnLoader(), loaders])
+    assert loaders.seen == ["DataLoader"] * 10
