@@ -2,11 +2,12 @@
 
 The table is 112 runs (hours of CPU), so it is not re-run. "Before" is the sum of
 ``wall_time_s`` of the committed results (Avalanche's DataLoader). "After" is an
-extrapolation: one cell per stream family (and per kind of method on Seq-MNIST) is
-run with both loaders, one seed each, side by side in one process (``--measure``
-appends to the JSONL file); each committed run's time is then scaled by the
-measured tensor/avalanche ratio of its family and kind, and, for the cells that
-``--vectorize`` covers, by the vectorized/avalanche ratio per seed.
+extrapolation: one cell per kind of method and stream family is run with both
+loaders, one seed each, side by side in one process (``--measure`` appends to the
+JSONL file, one session per call; the report reads the latest session); each
+committed run's time is then scaled by the measured tensor/avalanche ratio of its
+family and kind, and, for the cells that ``--vectorize`` covers, by the
+vectorized/avalanche ratio per seed.
 
     python benchmarks/der_wall_time.py --measure --data-root DIR   # minutes, appends the measurements
     python benchmarks/der_wall_time.py                             # prints before / after
@@ -28,7 +29,10 @@ CELLS = (  # (suite, label, streams measured)
     ("benchmarks/der_seq_mnist.toml", "sgd", ("split-mnist",)),
     ("benchmarks/der_seq_mnist.toml", "kd-replay@500", ("split-mnist",)),
     ("benchmarks/der_seq_mnist.toml", "er@500", ("split-mnist",)),
+    ("benchmarks/der_seq_mnist.toml", "der@500", ("split-mnist",)),
     ("benchmarks/der_domain_mnist.toml", "kd-replay@500", ("permuted-mnist",)),
+    ("benchmarks/der_domain_mnist.toml", "er@500", ("permuted-mnist",)),
+    ("benchmarks/der_domain_mnist.toml", "der@500", ("permuted-mnist",)),
 )
 
 
@@ -41,14 +45,12 @@ def _kind(label: str) -> str:
 
 
 # A kind without a measurement of its own takes the closest measured one: joint trains
-# like sgd; the cached teacher like the snapshot one; Avalanche's DER keeps a DataLoader
-# for its buffer, as ER's ReplayPlugin does. A domain stream's kinds take its one
-# measured ratio. Vectorized ratios apply only to kinds --vectorize covers.
-_TENSOR_LIKE = {"joint": "sgd", "kd-replay-cached": "kd-replay", "der": "er", "der++": "er"}
+# like sgd; the cached teacher like the snapshot one; DER++ is DER with beta > 0; on a
+# domain stream, sgd and joint take kd-replay's. Vectorized ratios apply only to kinds
+# --vectorize covers (not Avalanche's DER).
+_TENSOR_LIKE = {"joint": "sgd", "kd-replay-cached": "kd-replay", "der++": "der"}
 _VECTOR_LIKE = {"kd-replay-cached": "kd-replay"}
-# On the 20-experience domain streams Avalanche's ReplayPlugin (ER) and DER load 19 of
-# 20 experiences through their own DataLoaders: assumed to gain nothing (unmeasured).
-_ASSUMED = {("domain", "er"): 1.0, ("domain", "der"): 1.0, ("domain", "der++"): 1.0}
+_FALLBACK = "kd-replay"
 
 
 def measure(data_root: str | None) -> None:
@@ -56,9 +58,10 @@ def measure(data_root: str | None) -> None:
     from ckd.suite import load_suite
     from ckd.vectorized import check_vectorizable, run_vectorized
 
+    session = int(time.time())
     with MEASURED.open("a") as out:
         def log(**record) -> None:
-            out.write(json.dumps(record) + "\n")
+            out.write(json.dumps({"session": session, **record}) + "\n")
             out.flush()
             print(record, flush=True)
 
@@ -70,6 +73,7 @@ def measure(data_root: str | None) -> None:
                 result = run(config, data_root=data_root)
                 log(suite=suite, stream=config.stream, label=label, seed=config.seed, loader=loader,
                     wall=time.perf_counter() - start, acc=result["final_average_accuracy"])
+            configs = [dataclasses.replace(c, loader="tensor") for c in configs]  # what --vectorize runs on
             try:
                 check_vectorizable(configs)
             except ValueError as err:
@@ -103,9 +107,10 @@ def report(commit: str = BEFORE_COMMIT) -> None:
     for result in results:
         before[(_family(result["stream"]), _kind(result["label"]))] += result["wall_time_s"]
     walls: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for line in MEASURED.read_text().splitlines():
-        m = json.loads(line)
-        if "wall" in m:
+    lines = [json.loads(line) for line in MEASURED.read_text().splitlines()]
+    latest = max(m.get("session", 0) for m in lines)
+    for m in lines:
+        if "wall" in m and m.get("session", 0) == latest:
             per_seed = m["wall"] / len(m.get("seeds", [0]))
             walls[(_family(m["stream"]), _kind(m["label"]), m["loader"])].append(per_seed)
     ratio, vector_ratio = {}, {}
@@ -119,12 +124,12 @@ def report(commit: str = BEFORE_COMMIT) -> None:
     for (family, kind), seconds in sorted(before.items()):
         key = (family, _TENSOR_LIKE.get(kind, kind))
         if key not in ratio:
-            key = next(k for k in ratio if k[0] == family)
-        r = _ASSUMED.get((family, kind), ratio[key])
+            key = (family, _FALLBACK)
+        r = ratio[key]
         v = vector_ratio.get((family, _VECTOR_LIKE.get(kind, kind)), r)
         total_after += seconds * r
         total_vector += seconds * v
-        source = "measured" if (family, kind) in ratio else ("assumed" if (family, kind) in _ASSUMED else f"as {key[1]}")
+        source = "measured" if (family, kind) in ratio else f"as {key[1]}"
         print(f"{family:<8} {kind:<17} {seconds:>11.0f} {r:>9.2f} {v:>13.2f}  {source}")
     print(f"\n{runs} runs. before (Avalanche DataLoader, wall_time_s as committed at {commit}): {total_before:,.0f} s")
     print(f"after, tensor path (extrapolated): {total_after:,.0f} s ({total_after / total_before:.2f}x)")
