@@ -8,13 +8,13 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.utils import cycle
 from torch.utils.data import DataLoader, TensorDataset
 
-import ckd.methods
 from ckd.methods import TrainSettings, make_strategy, resolve_method_args
 from ckd.models import mlp
 from ckd.runner import RunConfig, run
 from ckd.streams import make_stream
 from ckd.tensor_replay import CycledBatches, ReplayBatches, cycled_rows, replay_rows
 from ckd.training import TensorDER, TensorLogitBuffer, dataset_tensors
+from recording import run_with_plugin
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +129,7 @@ class _Minibatches(SupervisedPlugin):
 def _minibatches(config, monkeypatch) -> _Minibatches:
     """The minibatches of ``ckd.runner.run(config)``, recorded by a plugin added to its strategy."""
     recorder = _Minibatches()
-
-    def with_recorder(*args, extra_plugins=None, **kwargs):
-        return make_strategy(*args, extra_plugins=[*(extra_plugins or []), recorder], **kwargs)
-
-    monkeypatch.setattr(ckd.methods, "make_strategy", with_recorder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run(config)
+    run_with_plugin(config, recorder, monkeypatch)
     return recorder
 
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-import ckd.methods
 from ckd.runner import RunConfig, run
 from ckd.streams import make_stream
 from ckd.training import dataset_tensors
 from ckd.vectorized import check_vectorizable, run_vectorized
 from ckd.vectorized_replay import StackedExperienceReplay
+from recording import run_with_plugin
 
 SEEDS = (0, 1, 2)
 
@@ -33,15 +33,7 @@ class _Minibatches(SupervisedPlugin):
 def _sequential_minibatches(config, monkeypatch) -> list[list[torch.Tensor]]:
     """The minibatches of ``ckd.runner.run(config)``, recorded by a plugin added to its strategy."""
     recorder = _Minibatches()
-    make_strategy = ckd.methods.make_strategy
-
-    def with_recorder(*args, extra_plugins=None, **kwargs):
-        return make_strategy(*args, extra_plugins=[*(extra_plugins or []), recorder], **kwargs)
-
-    monkeypatch.setattr(ckd.methods, "make_strategy", with_recorder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run(config)
+    run_with_plugin(config, recorder, monkeypatch)
     return recorder.seen
 
 
