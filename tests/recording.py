@@ -7,13 +7,13 @@ import warnings
 import ckd.methods
 from ckd.runner import run
 
+_MAKE_STRATEGY = ckd.methods.make_strategy  # the original: a second call must not wrap the first's wrapper
+
 
 def run_with_plugin(config, plugin, monkeypatch) -> dict:
     """``run(config)`` with ``plugin`` appended to the strategy's plugins; its result."""
-    make_strategy = ckd.methods.make_strategy
-
     def with_plugin(*args, extra_plugins=None, **kwargs):
-        return make_strategy(*args, extra_plugins=[*(extra_plugins or []), plugin], **kwargs)
+        return _MAKE_STRATEGY(*args, extra_plugins=[*(extra_plugins or []), plugin], **kwargs)
 
     monkeypatch.setattr(ckd.methods, "make_strategy", with_plugin)
     with warnings.catch_warnings():
