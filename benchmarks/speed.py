@@ -146,8 +146,10 @@ class VectorizedMethod:
                       method_args=_kd_args(args.mem_size, args.replay_batch))
             for s in range(n_seeds)
         ]
-        self.training = VectorizedTraining(configs, args.data_root)
+        threads = torch.get_num_threads()
+        self.training = VectorizedTraining(configs, args.data_root)  # sets its configs' threads
         self.training.train_experience(0)
+        torch.set_num_threads(threads)
         self.state = [p.detach().clone() for p in self.training.net.parameters()]
         self.device = self.training.device
         self.threads = args.vectorized_threads
@@ -260,6 +262,7 @@ def measure(args: argparse.Namespace) -> dict:
         for name, runner in runners.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+            torch.set_num_threads(args.threads)  # the vectorized pass sets its own and restores this
             samples[name].append(runner.time_experience(experience) / iterations)
             if device.type == "cuda":
                 peak_cuda[name] = torch.cuda.max_memory_allocated(device) / 2**20

@@ -6,12 +6,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 speed = pytest.importorskip("speed")
 
 
-def test_speed_reports_the_fast_and_vectorized_ratios_side_by_side(mnist_root, tmp_path, capsys):
+def test_speed_reports_the_fast_and_vectorized_ratios_side_by_side(mnist_root, tmp_path, capsys, monkeypatch):
+    threads = []  # each timing's intra-op threads: the vectorized pass's own must not leak into the others
+    for cls in (speed.RawLoop, speed.AvalancheMethod, speed.VectorizedMethod):
+        def timed(self, experience, _time=cls.time_experience):
+            threads.append((type(self).__name__, torch.get_num_threads()))
+            return _time(self, experience)
+        monkeypatch.setattr(cls, "time_experience", timed)
     out = tmp_path / "speed.json"
     argv = ["--data-root", str(mnist_root), "--max-train", "60", "--repeats", "2", "--json", str(out),
             "--methods", "raw_loop", "kd_replay_fast", "kd_replay_vectorized_5"]
@@ -23,3 +30,4 @@ def test_speed_reports_the_fast_and_vectorized_ratios_side_by_side(mnist_root, t
     assert all(len(v) == 2 for v in result["seconds_per_iteration_all"].values())
     assert result["vectorized_threads"] >= 1
     assert "vectorized_5_seeds_vs_5_sequential" in capsys.readouterr().out
+    assert {t for name, t in threads if name != "VectorizedMethod"} == {1}  # --threads' default
