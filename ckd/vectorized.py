@@ -268,6 +268,9 @@ class _StackedKD:
         # A frozen teacher gives no target to replayed samples of the experience being
         # learned unless current_experience_targets (results before that setting: all get one).
         self.taught_only = self.teacher == "snapshot" and not args.get("current_experience_targets", True)
+        # The snapshot's targets can be computed once per experience for the whole buffer when
+        # no slot a step replays can change before it is replayed with a target (see _keep_snapshot_targets).
+        self.snapshot_targets_kept = self.teacher == "snapshot" and (self.taught_only or self.policy == "class_balanced")
         self.finished = -1  # the latest experience that has ended
         self.uses_replay = max(self.alphas or (self.alpha_value,)) > 0 or self.beta > 0
         self.buffers = [ReplayBuffer(args["mem_size"], self.policy, device, seed) for seed in seeds]
@@ -313,11 +316,26 @@ class _StackedKD:
         if self.teacher == "snapshot":
             self.teacher_params = net.detached()
             self.teacher_seen = self.seen.clone()
+            if self.snapshot_targets_kept and self.uses_replay and not self.buffers[0].is_empty:
+                self._keep_snapshot_targets(net)
         elif self.teacher == "ema":
             self.teacher_params = self.ema.params  # live: the average goes on moving
             self.teacher_seen = self.seen.clone()
         elif self.uses_replay and not self.buffers[0].is_empty:
             self._cache_logits(net, only_new=self.teacher == "own")
+
+    @torch.no_grad()
+    def _keep_snapshot_targets(self, net: StackedModel) -> None:
+        """The new snapshot's logits for every buffer slot, kept in the buffers: the snapshot
+        is frozen and, while an experience is learned, a slot changes only by taking a
+        sample of that experience, which gets no target (or none changes: a class-balanced
+        buffer is refilled between experiences), so a step gathers the logits instead of
+        running the snapshot on its replayed rows."""
+        for s, buffer in enumerate(self.buffers):
+            for start in range(0, len(buffer), _PASS_BATCH):
+                index = torch.arange(start, min(start + _PASS_BATCH, len(buffer)), device=buffer.device)
+                logits = net.seed_forward(s, buffer.x[start : start + _PASS_BATCH], self.teacher_params)
+                buffer.set_logits(index, logits, torch.ones(logits.shape[-1], dtype=torch.bool))
 
     @torch.no_grad()
     def _cache_logits(self, net: StackedModel, only_new: bool) -> None:
@@ -367,6 +385,8 @@ class _StackedKD:
         logits = self.teacher in _LOGIT_TEACHERS and self.has_logits
         if logits:
             fields += ["logits"] if self.cover_all else ["logits", "logits_mask"]
+        elif self.snapshot_targets_kept and self.ready:
+            fields.append("logits")
         out = self.stacked.sample(self.replay_batch_size, tuple(fields))
         if logits and self.cover_all:
             out["logits_mask"] = None
@@ -379,7 +399,10 @@ class _StackedKD:
             return None, None
         if self.teacher in _LOGIT_TEACHERS:
             return replay["logits"], replay["logits_mask"]
-        logits = net(replay["x"], params=self.teacher_params)
+        if self.snapshot_targets_kept:
+            logits = replay["logits"]
+        else:
+            logits = net(replay["x"], params=self.teacher_params)
         mask = self._mask(self.teacher_seen, replay.get("task"), logits.shape[-1])
         if self.taught_only:  # as ckd.teacher's _only_taught, on the device
             taught = (replay["experience"] <= self.finished).unsqueeze(-1).expand_as(logits)
