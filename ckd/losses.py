@@ -15,6 +15,7 @@ __all__ = [
     "known_class_mask",
     "soft_kl",
     "soft_kl_sum",
+    "weighted",
     "average_soft_targets",
     "replay_cross_entropy",
     "logit_mse",
@@ -108,6 +109,11 @@ def soft_kl_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: flo
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).masked_fill(~mask, 0.0)
     # A row with a single known class has KL 0; one with none must not produce NaN.
     return kl.sum()
+
+
+def weighted(weight: float, term: Tensor) -> Tensor:
+    """``weight · term``, without the multiplication (and its backward) when the weight is 1."""
+    return term if weight == 1 else weight * term
 
 
 def average_soft_targets(

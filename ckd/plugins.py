@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ckd.buffer import ReplayBuffer, ReplaySample
 from ckd.config import KDReplayConfig, _as_tuple, per_experience
-from ckd.losses import logit_mse, replay_cross_entropy, soft_kl
+from ckd.losses import logit_mse, replay_cross_entropy, soft_kl, weighted
 from ckd.teacher import CachedTeacher, EnsembleTeacher, FrozenModel, make_teacher
 
 __all__ = [
@@ -193,9 +193,9 @@ class KDReplayPlugin(SupervisedPlugin):
             if step.teacher_logits is not None:
                 kd = soft_kl(step.student_logits, step.teacher_logits, self.config.temperature, step.teacher_mask)
                 self._kd_total += kd.detach()
-                strategy.loss += _weighted(self._alpha, kd)
+                strategy.loss += weighted(self._alpha, kd)
         if self.config.beta > 0:
-            strategy.loss += _weighted(self.config.beta, replay_cross_entropy(step.student_logits, step.sample.y))
+            strategy.loss += weighted(self.config.beta, replay_cross_entropy(step.student_logits, step.sample.y))
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
         self.teacher_part.after_training_iteration(strategy.model)
@@ -249,11 +249,6 @@ class LogitMatchingPlugin(SupervisedPlugin):
         if step is None or step.teacher_logits is None or self.weight == 0:
             return
         strategy.loss += self.weight * logit_mse(step.student_logits, step.teacher_logits, step.teacher_mask)
-
-
-def _weighted(weight: float, term: Tensor) -> Tensor:
-    """``weight · term``, without the multiplication (and its backward) when the weight is 1."""
-    return term if weight == 1 else weight * term
 
 
 def _load(dataset, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:

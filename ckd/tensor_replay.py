@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ckd.devices import to_device
+
 __all__ = ["CycledBatches", "ReplayBatches", "cycled_rows", "loader_seed", "replay_rows", "sampler_order"]
 
 
@@ -37,14 +39,7 @@ def sampler_order(n: int, device: torch.device | str | None = None) -> Tensor:
     """One pass of a ``RandomSampler`` over ``n`` rows ``(n,)``, on ``device``: its seed drawn
     from the global generator, the permutation drawn on the CPU as the sampler draws it."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(loader_seed()))
-    return _to_device(order, device)
-
-
-def _to_device(index: Tensor, device: torch.device | str | None) -> Tensor:
-    device = torch.device("cpu" if device is None else device)
-    if device.type == "cuda":  # from pinned memory: the copy does not wait for the device
-        return index.pin_memory().to(device, non_blocking=True)
-    return index.to(device)
+    return to_device(order, "cpu" if device is None else device)
 
 
 def _n_batches(n: int, batch_size: int, drop_last: bool) -> int:

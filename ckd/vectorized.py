@@ -45,7 +45,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ckd.buffer import ReplayBuffer, StackedBuffers
 from ckd.devices import to_device
-from ckd.losses import check_temperature, soft_kl_sum
+from ckd.losses import check_temperature, soft_kl_sum, weighted
 from ckd.training import TensorBatches, dataset_tensors, permutation_seed
 
 __all__ = [
@@ -269,7 +269,7 @@ class _StackedKD:
         # learned unless current_experience_targets (results before that setting: all get one).
         self.taught_only = self.teacher == "snapshot" and not args.get("current_experience_targets", True)
         # The snapshot's targets can be computed once per experience for the whole buffer when
-        # no slot a step replays can change before it is replayed with a target (see _keep_snapshot_targets).
+        # no slot a step replays can change before it is replayed with a target (see after_experience).
         self.snapshot_targets_kept = self.teacher == "snapshot" and (self.taught_only or self.policy == "class_balanced")
         self.finished = -1  # the latest experience that has ended
         self.uses_replay = max(self.alphas or (self.alpha_value,)) > 0 or self.beta > 0
@@ -317,7 +317,11 @@ class _StackedKD:
             self.teacher_params = net.detached()
             self.teacher_seen = self.seen.clone()
             if self.snapshot_targets_kept and self.uses_replay and not self.buffers[0].is_empty:
-                self._keep_snapshot_targets(net)
+                # The snapshot's logits for every slot, gathered by each step instead of a teacher
+                # forward: the snapshot is frozen and, within an experience, a slot changes only by
+                # taking a sample of that experience, which gets no target (a class-balanced buffer
+                # does not change at all).
+                self._cache_logits(net, only_new=False)
         elif self.teacher == "ema":
             self.teacher_params = self.ema.params  # live: the average goes on moving
             self.teacher_seen = self.seen.clone()
@@ -325,22 +329,9 @@ class _StackedKD:
             self._cache_logits(net, only_new=self.teacher == "own")
 
     @torch.no_grad()
-    def _keep_snapshot_targets(self, net: StackedModel) -> None:
-        """The new snapshot's logits for every buffer slot, kept in the buffers: the snapshot
-        is frozen and, while an experience is learned, a slot changes only by taking a
-        sample of that experience, which gets no target (or none changes: a class-balanced
-        buffer is refilled between experiences), so a step gathers the logits instead of
-        running the snapshot on its replayed rows."""
-        for s, buffer in enumerate(self.buffers):
-            for start in range(0, len(buffer), _PASS_BATCH):
-                index = torch.arange(start, min(start + _PASS_BATCH, len(buffer)), device=buffer.device)
-                logits = net.seed_forward(s, buffer.x[start : start + _PASS_BATCH], self.teacher_params)
-                buffer.set_logits(index, logits, torch.ones(logits.shape[-1], dtype=torch.bool))
-
-    @torch.no_grad()
     def _cache_logits(self, net: StackedModel, only_new: bool) -> None:
-        """Each seed's logits for its buffer slots (``only_new``: the slots without any
-        yet, as the own-experience teacher keeps them), in passes of ``_PASS_BATCH``."""
+        """Each seed's logits (the model as it is now) for its buffer slots (``only_new``: the
+        slots without any yet, as the own-experience teacher keeps them), in passes of ``_PASS_BATCH``."""
         for s, buffer in enumerate(self.buffers):
             slots = torch.arange(len(buffer), device=buffer.device)
             if only_new and buffer.logits_mask is not None:
@@ -470,7 +461,7 @@ def _summed_loss(
     kd = None
     if target is not None:
         kd = _summed_soft_kl(out[:, n:], target, temperature, mask)
-        loss = loss + (kd if alpha == 1 else alpha * kd)
+        loss = loss + weighted(alpha, kd)
     return loss, kd
 
 
