@@ -20,6 +20,7 @@ host-device copy in the training step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -151,17 +152,7 @@ class ReplayBuffer:
             self._allocate(x)
 
     def _write(self, slots: Tensor, x: Tensor, y: Tensor, task: Tensor, experience: Tensor | int) -> None:
-        self._x[slots] = x.to(self.device, dtype=self._x.dtype, non_blocking=True)
-        self._y[slots] = y.to(self.device, dtype=torch.long, non_blocking=True)
-        self._task[slots] = task.to(self.device, dtype=torch.long, non_blocking=True)
-        # A Python scalar written through indexing is copied from the host first (a sync on
-        # CUDA); index_fill_ takes it as an argument.
-        if isinstance(experience, Tensor):
-            self._experience[slots] = experience.to(self.device)
-        else:
-            self._experience.index_fill_(0, slots, experience)
-        if self._logits_mask is not None:
-            self._logits_mask.index_fill_(0, slots, False)  # the previous occupant's logits are stale
+        _write_rows((self._x, self._y, self._task, self._experience, self._logits_mask), slots, x, y, task, experience)
 
     @property
     def nbytes(self) -> int:
@@ -386,13 +377,9 @@ class StackedBuffers:
             row.uniform_(generator=buffer.generator)  # = torch.rand(n, generator=..., dtype=float64)
         slot, _ = _reservoir_slots(draw, first.seen, first.mem_size)
         flat = (slot + self._offsets).reshape(-1)
-        stacks = self.stacks
-        stacks["_x"].flatten(0, 1)[flat] = x.reshape(-1, *x.shape[2:]).to(first.device, stacks["_x"].dtype)
-        stacks["_y"].flatten(0, 1)[flat] = y.reshape(-1).to(first.device, torch.long)
-        stacks["_task"].flatten(0, 1)[flat] = task.reshape(-1).to(first.device, torch.long)
-        stacks["_experience"].flatten(0, 1).index_fill_(0, flat, experience)  # a scalar: no host copy
-        if stacks["_logits_mask"] is not None:
-            stacks["_logits_mask"].flatten(0, 1).index_fill_(0, flat, False)  # the previous occupants' logits are stale
+        storage = [None if (t := self.stacks[name]) is None else t.flatten(0, 1)
+                   for name in ("_x", "_y", "_task", "_experience", "_logits_mask")]
+        _write_rows(storage, flat, x.reshape(-1, *x.shape[2:]), y.reshape(-1), task.reshape(-1), experience)
         for buffer in self.buffers:
             buffer.seen += n
             buffer.size = min(buffer.mem_size, buffer.seen)
@@ -435,6 +422,26 @@ class StackedBuffers:
             else t.flatten(0, 1).index_select(0, flat).view(n, k, *t.shape[2:])
             for name in fields
         }
+
+
+def _write_rows(
+    storage: Sequence[Tensor | None], slots: Tensor, x: Tensor, y: Tensor, task: Tensor, experience: Tensor | int
+) -> None:
+    """Write rows into ``storage`` = ``(x, y, task, experience, logits_mask or None)`` tensors
+    (rows first) at ``slots (N,)``; the written slots' cached logits become stale."""
+    x_store, y_store, task_store, experience_store, mask_store = storage
+    device = x_store.device
+    x_store[slots] = x.to(device, dtype=x_store.dtype, non_blocking=True)
+    y_store[slots] = y.to(device, dtype=torch.long, non_blocking=True)
+    task_store[slots] = task.to(device, dtype=torch.long, non_blocking=True)
+    # A Python scalar written through indexing is copied from the host first (a sync on
+    # CUDA); index_fill_ takes it as an argument.
+    if isinstance(experience, Tensor):
+        experience_store[slots] = experience.to(device)
+    else:
+        experience_store.index_fill_(0, slots, experience)
+    if mask_store is not None:
+        mask_store.index_fill_(0, slots, False)  # the previous occupant's logits are stale
 
 
 def _reservoir_slots(draw: Tensor, seen: int, mem_size: int) -> tuple[Tensor, Tensor]:
