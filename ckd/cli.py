@@ -66,6 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default=None,
                    help="mlp, cnn, resnet18 or package.module:function (default: the stream's)")
     r.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision (default: float32)")
+    r.add_argument("--eval-ema", type=float, default=None, metavar="HALF_LIFE",
+                   help="score an EMA of the weights with this half-life (a fraction of an experience; 0: the trained weights), for every method; the trained weights are always scored too (default: the stream's, 0.3 or 1.0)")
     r.add_argument("--no-checksum", action="store_true",
                    help="skip the MD5 checks of the dataset files (re-packed copies)")
     r.add_argument("--task-labels", action="store_true", help="task-incremental (split streams)")
@@ -88,6 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("suite")
     s.add_argument("--device", default=None)
     s.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision for every run")
+    s.add_argument("--eval-ema", type=float, default=None, metavar="HALF_LIFE",
+                   help="score every run with an EMA of the weights of this half-life (0: off; default: the suite's)")
     s.add_argument("--no-checksum", action="store_true", help="skip the MD5 checks of the dataset files")
     s.add_argument("--force", action="store_true")
     s.add_argument("--dry-run", action="store_true", help="list the runs and exit")
@@ -108,6 +112,8 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--epochs", type=int, default=None)
     w.add_argument("--lr", type=float, default=None)
     w.add_argument("--batch-size", type=int, default=None)
+    w.add_argument("--eval-ema", type=float, default=None, metavar="HALF_LIFE",
+                   help="score an EMA of the weights (0: off; default: the stream's)")
     w.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="other method settings")
     w.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     w.add_argument("--force", action="store_true")
@@ -233,7 +239,7 @@ def _cmd_run(args) -> int:
         common = {
             k: v for k, v in dict(
                 epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model, amp=args.amp,
-                checksum=False if args.no_checksum else None,
+                checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema,
                 n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
                 loader=args.loader,
             ).items() if v is not None
@@ -256,7 +262,8 @@ def _cmd_suite(args) -> int:
     from ckd.suite import load_suite, suite_ray_address, suite_vectorizes
 
     configs = load_suite(args.suite, device=args.device)
-    overrides = {k: v for k, v in dict(amp=args.amp, checksum=False if args.no_checksum else None).items() if v is not None}
+    overrides = dict(amp=args.amp, checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
         from dataclasses import replace
 
@@ -279,7 +286,8 @@ def _cmd_sweep(args) -> int:
     from ckd.runner import RunConfig
     from ckd.sweep import format_sweep, run_sweep
 
-    common = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size).items() if v is not None}
+    common = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, eval_ema_half_life=args.eval_ema)
+    common = {k: v for k, v in common.items() if v is not None}
     base = RunConfig(
         stream=args.stream, method=args.method, device=args.device,
         validation_fraction=args.validation_fraction, method_args=_parse_sets(args.set), **common,

@@ -35,11 +35,9 @@ def _kd_defaults() -> dict[str, Any]:
     return {**plugin, **_PART_DEFAULTS}
 
 
-# Settings of the parts a kd-* method composes. Evaluation with an EMA of the weights is on
-# (half-life 0.3 of an experience: +0.6 to +7 points on three validation splits,
-# benchmarks/tuning/defaults_search.toml); the other parts are off unless a method turns them on.
+# Settings of the parts a kd-* method composes; off unless a method turns them on.
+# (Scoring with an EMA of the weights is a run setting for every method: RunConfig.eval_ema_half_life.)
 # known_classes_only, current_experience_targets, n_teachers, ensemble, ema_half_life: the teacher part's.
-# eval_ema_half_life > 0: evaluate with an EMA of the weights (EMAEvaluationPlugin).
 # logit_weight > 0: MSE on the replayed logits (LogitMatchingPlugin).
 # current_alpha > 0: distillation on the current samples (CurrentDistillationPlugin).
 # current_classes_only: ER-ACE's asymmetric CE (AsymmetricCrossEntropyPlugin).
@@ -49,7 +47,6 @@ _PART_DEFAULTS: dict[str, Any] = {
     "n_teachers": 1,
     "ensemble": "own",
     "ema_half_life": 0.3,
-    "eval_ema_half_life": 0.3,
     "logit_weight": 0.0,
     "current_alpha": 0.0,
     "current_classes_only": False,
@@ -64,7 +61,6 @@ LEGACY_KD_ARGS: dict[str, Any] = {
     "teacher": "snapshot",
     "known_classes_only": True,
     "current_experience_targets": True,
-    "eval_ema_half_life": 0.0,
     "beta": 0.0,
     "policy": "class_balanced",
     "replay_batch_size": 32,
@@ -109,6 +105,9 @@ def resolve_method_args(method: str, overrides: dict[str, Any] | None = None) ->
         args[key] = value
     return args
 
+        if key == "eval_ema_half_life":
+            raise ValueError("eval_ema_half_life is a run setting for every method now: give it beside the "
+                             "stream (--eval-ema, or eval_ema_half_life under [[run]]), not among the method's")
 
 def _plugins_for(method: str, args: dict[str, Any]) -> list:
     args = dict(args)
@@ -145,7 +144,6 @@ def _kd_plugins(method: str, args: dict[str, Any]) -> list:
     from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
     from ckd.plugins import KDReplayPlugin, LogitMatchingPlugin
     from ckd.teacher import make_teacher
-    from ckd.weight_averaging import EMAEvaluationPlugin
 
     name = "cached" if method == "kd-replay-cached" else args["teacher"]
     if name == "snapshot" and args["n_teachers"] > 1:
@@ -184,8 +182,6 @@ def _kd_plugins(method: str, args: dict[str, Any]) -> list:
         plugins.append(AsymmetricCrossEntropyPlugin())
     if args["current_alpha"]:
         plugins.append(CurrentDistillationPlugin(alpha=args["current_alpha"], temperature=args["temperature"], kd=kd))
-    if args["eval_ema_half_life"] > 0:
-        plugins.append(EMAEvaluationPlugin(half_life=args["eval_ema_half_life"], seed=args["seed"]))
     return plugins
 
 

@@ -55,6 +55,13 @@ STREAM_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # A user's package.module:function stream has no measured defaults: only the model.
 USER_STREAM_DEFAULTS: dict[str, Any] = {"model": "mlp"}
+
+# Half-life of the EMA of the weights that scores every method (a fraction of an
+# experience's training iterations; 0: score the trained weights). Chosen on validation
+# splits (docs/tuning.md): 0.3 on class-incremental streams, 1.0 on the 20-experience
+# domain streams. Every method gets it, and the trained weights are scored too.
+EVAL_EMA_DEFAULT = 0.3
+EVAL_EMA_BY_STREAM: dict[str, float] = {"permuted-mnist": 1.0, "rotated-mnist": 1.0}
 AMP_DTYPES = ("bf16", "fp16")
 
 # How a run reads its training data: "tensor", minibatches sliced from in-memory tensors
@@ -84,6 +91,10 @@ class RunConfig:
     CPU numbers identical across machines and lets suites run jobs side by side.
     ``loader``: ``"tensor"`` trains from in-memory tensors (``ckd.training``),
     ``"avalanche"`` from Avalanche's DataLoader; the data order differs, so it is part of the config.
+    ``eval_ema_half_life``: score an exponential moving average of the weights
+    (``ckd.weight_averaging.EMAEvaluationPlugin``, half-life as a fraction of an experience),
+    whatever the method; the trained weights are scored as well (the result's
+    ``trained_weights``). ``None``: the stream's default (``EVAL_EMA_BY_STREAM``); 0: off.
     """
 
     stream: str
@@ -106,6 +117,7 @@ class RunConfig:
     loader: str = "tensor"
     amp: str | None = None
     checksum: bool = True
+    eval_ema_half_life: float | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -135,6 +147,12 @@ class RunConfig:
             raise ValueError(f"amp must be one of {AMP_DTYPES} or None, got {self.amp!r}")
         if not isinstance(self.checksum, bool):
             raise ValueError(f"checksum must be true or false, got {self.checksum!r}")
+        if self.eval_ema_half_life is None:
+            object.__setattr__(self, "eval_ema_half_life", EVAL_EMA_BY_STREAM.get(self.stream, EVAL_EMA_DEFAULT))
+        half_life = self.eval_ema_half_life
+        if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or not (0 <= half_life < math.inf):
+            raise ValueError(f"eval_ema_half_life must be a number >= 0 (0: off), got {half_life!r}")
+        object.__setattr__(self, "eval_ema_half_life", float(half_life))
         resolve_method_args(self.method, self.method_args)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
@@ -165,7 +183,7 @@ class RunConfig:
         if out["loader"] == "avalanche":  # what results written before the tensor path used
             del out["loader"]
         # Settings added later are recorded only when set, so older results still match.
-        for name, default in (("amp", None), ("checksum", True)):
+        for name, default in (("amp", None), ("checksum", True), ("eval_ema_half_life", 0.0)):
             if out[name] == default:
                 del out[name]
         return out
@@ -182,6 +200,11 @@ def config_from_result(result: dict[str, Any], **overrides: Any) -> RunConfig:
         # Results written before every setting was recorded: a missing key meant the old default.
         legacy = {k: v for k, v in LEGACY_KD_ARGS.items() if k in METHOD_DEFAULTS.get(method, {})}
         values["method_args"] = {**legacy, **values["method_args"]}
+    # Written when EMA scoring was a kd-* method setting, or before it existed (off).
+    method_ema = dict(values.get("method_args", {})).pop("eval_ema_half_life", 0.0)
+    if "method_args" in values:
+        values["method_args"] = {k: v for k, v in values["method_args"].items() if k != "eval_ema_half_life"}
+    values.setdefault("eval_ema_half_life", method_ema)
     values.setdefault("loader", "avalanche")  # written before the tensor path existed
     values.update(overrides)
     return RunConfig(**values)
@@ -315,6 +338,7 @@ def run(
     from ckd.methods import TrainSettings, make_strategy, resolve_method_args
     from ckd.models import make_model
     from ckd.streams import make_stream
+    from ckd.weight_averaging import EMAEvaluationPlugin
 
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -350,6 +374,8 @@ def run(
         extra.append(AugmentationPlugin(stream.augmentation))
     if config.amp is not None:
         extra.append(MixedPrecisionPlugin(config.amp, device.type))
+    if config.eval_ema_half_life > 0:
+        extra.append(EMAEvaluationPlugin(half_life=config.eval_ema_half_life, seed=config.seed))
     diagnostics = None
     if config.method.startswith("kd-") and config.method != "kd-replay-cached":
         diagnostics = _TeacherDiagnostics(evaluator)
@@ -374,7 +400,8 @@ def run(
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    matrix, task_matrix, times = [], [], []
+    scores = _Scores(evaluator)
+    times = []
     diverged_at = None
     start = time.perf_counter()
     try:
@@ -383,8 +410,7 @@ def run(
             if config.method == "joint":
                 t0 = time.perf_counter()
                 strategy.train(train_stream)
-                row, task_row = evaluator.accuracies(evaluation_model(strategy)[0])
-                matrix, task_matrix = [row] * n_exp, [task_row] * n_exp
+                scores.add(strategy, repeat=n_exp)
                 if avalanche_loggers:
                     strategy.eval(stream.benchmark.test_stream)
                 times = [time.perf_counter() - t0]
@@ -400,9 +426,7 @@ def run(
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     times.append(time.perf_counter() - t0)
-                    row, task_row = evaluator.accuracies(evaluation_model(strategy)[0])
-                    matrix.append(row)
-                    task_matrix.append(task_row)
+                    row = scores.add(strategy)
                     if on_experience is not None:
                         on_experience(i, n_exp, row)
                     if avalanche_loggers:
@@ -416,8 +440,9 @@ def run(
     wall = time.perf_counter() - start
 
     return result_record(
-        config, stream, matrix, task_matrix,
+        config, stream, scores.matrix, scores.task_matrix,
         scored_model=evaluation_model(strategy)[1],
+        trained_weights=scores.trained_weights,
         diverged_at=diverged_at,
         curve=curve.record() if curve is not None else None,
         diagnostics=diagnostics.records if diagnostics is not None else None,
@@ -432,6 +457,7 @@ def result_record(
     task_matrix: list[list[float]],
     *,
     scored_model: str,
+    trained_weights: tuple[list[list[float]], list[list[float]]] | None = None,
     diverged_at: int | None,
     curve: dict | None,
     diagnostics: list | None,
@@ -440,9 +466,24 @@ def result_record(
     iterations: list[int],
     device: torch.device,
 ) -> dict[str, Any]:
-    """The result record of one run (what :func:`run` returns and the result JSON holds)."""
+    """The result record of one run (what :func:`run` returns and the result JSON holds).
+
+    ``trained_weights``: the class- and task-IL accuracy matrices of the trained
+    weights when the scored model is another one (an EMA of the weights); the record
+    then holds them, with their metrics, under ``"trained_weights"``.
+    """
     metrics = compute_metrics(matrix)
     task_metrics = compute_metrics(task_matrix) if stream.scenario != "domain-il" else None
+    trained = None
+    if trained_weights is not None:
+        trained_matrix, trained_task_matrix = trained_weights
+        trained_task = compute_metrics(trained_task_matrix) if task_metrics else None
+        trained = {
+            "accuracy_matrix": trained_matrix,
+            **compute_metrics(trained_matrix),
+            "task_il_accuracy_matrix": trained_task_matrix if trained_task else None,
+            "final_average_task_il_accuracy": trained_task["final_average_accuracy"] if trained_task else None,
+        }
     return {
         "stream": config.stream,
         "method": config.method,
@@ -456,6 +497,7 @@ def result_record(
         "task_il_accuracy_matrix": task_matrix if task_metrics else None,
         "final_average_task_il_accuracy": task_metrics["final_average_accuracy"] if task_metrics else None,
         "scored_model": scored_model,
+        "trained_weights": trained,
         "diverged": diverged_at is not None,
         "diverged_at_experience": diverged_at,
         "curve": curve,
@@ -479,7 +521,15 @@ def has_result(out_dir: str | os.PathLike, config: RunConfig) -> bool:
         existing = json.loads(path.read_text())
     except (json.JSONDecodeError, OSError):
         return False
-    return isinstance(existing, dict) and existing.get("config") == json.loads(json.dumps(config.resolved()))
+    if not isinstance(existing, dict) or "config" not in existing:
+        return False
+    wanted = json.loads(json.dumps(config.resolved()))
+    if existing["config"] == wanted:
+        return True
+    try:  # written in an older layout of the same settings (e.g. EMA scoring as a method setting)
+        return json.loads(json.dumps(config_from_result(existing).resolved())) == wanted
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def run_to_file(
@@ -505,6 +555,34 @@ def run_to_file(
     result = run(config, data_root=data_root, progress=progress, loggers=loggers, log_dir=log_dir)
     write_json_atomic(path, result)
     return path, True
+
+
+class _Scores:
+    """The accuracy matrices of a run: the model it is scored with (an EMA of the
+    weights when the strategy carries one) and, when that is not the trained model,
+    the trained weights too, so every run can be compared both ways."""
+
+    def __init__(self, evaluator: AccuracyEvaluator) -> None:
+        self.evaluator = evaluator
+        self.matrix: list[list[float]] = []
+        self.task_matrix: list[list[float]] = []
+        self.trained: tuple[list[list[float]], list[list[float]]] = ([], [])
+
+    def add(self, strategy, repeat: int = 1) -> list[float]:
+        """Score after an experience (``repeat`` rows for joint training); returns the scored row."""
+        model, name = evaluation_model(strategy)
+        row, task_row = self.evaluator.accuracies(model)
+        self.matrix += [row] * repeat
+        self.task_matrix += [task_row] * repeat
+        if name != "model":
+            trained_row, trained_task_row = self.evaluator.accuracies(strategy.model)
+            self.trained[0].extend([trained_row] * repeat)
+            self.trained[1].extend([trained_task_row] * repeat)
+        return row
+
+    @property
+    def trained_weights(self) -> tuple[list[list[float]], list[list[float]]] | None:
+        return self.trained if self.trained[0] else None
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

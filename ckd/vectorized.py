@@ -20,8 +20,8 @@ What it covers (:func:`check_vectorizable` says why anything else is refused):
 minibatches of Avalanche's replay loader, :mod:`ckd.vectorized_replay`); and
 ``kd-replay`` / ``kd-replay-cached`` / ``kd-ema`` with one teacher
 (snapshot, cached logits, own-experience logits or EMA), a reservoir or class-balanced buffer, ``alpha``,
-``beta``, ``temperature`` (``alpha`` per experience too), scored with an EMA of
-the weights or not (``eval_ema_half_life``); models without
+``beta``, ``temperature`` (``alpha`` per experience too); every method scored with an EMA of
+the weights or not (the run's ``eval_ema_half_life``, the trained weights scored too); models without
 normalisation or dropout layers (``mlp``, ``cnn``); streams of in-memory tensors
 without augmentation; no mixed precision, no periodic evaluation.
 """
@@ -61,7 +61,7 @@ VECTORIZED_METHODS = ("naive", "replay", "kd-replay", "kd-replay-cached", "kd-em
 
 # kd-* settings vectorize implements, and the ones it needs at a given value (parts it does not stack).
 _KD_SETTINGS = {"mem_size", "replay_batch_size", "alpha", "temperature", "beta", "policy", "teacher",
-                "known_classes_only", "ensemble", "ema_half_life", "eval_ema_half_life", "current_experience_targets"}
+                "known_classes_only", "ensemble", "ema_half_life", "current_experience_targets"}
 _KD_FIXED = {"n_teachers": 1, "logit_weight": 0.0, "current_alpha": 0.0, "current_classes_only": False,
              "weight_aligning": False}
 _TEACHERS = ("snapshot", "cached", "own", "ema")
@@ -562,10 +562,11 @@ class VectorizedTraining:
         self.replay = (StackedExperienceReplay.from_args(args, self.seeds, batch_size=first.batch_size, epochs=first.epochs,
                                                          device=self.device) if first.method == "replay" else None)
         self.kd = None if first.method in ("naive", "replay") else _StackedKD(first.method, args, self.seeds, self.device)
-        half_life = args.get("eval_ema_half_life", 0.0) if first.method != "naive" else 0.0
+        half_life = getattr(first, "eval_ema_half_life", 0.0) or 0.0
         self.eval_ema = _StackedEMA(half_life) if half_life > 0 else None  # ckd.weight_averaging's
         self.matrices: list[list[list[float]]] = [[] for _ in configs]
         self.task_matrices: list[list[list[float]]] = [[] for _ in configs]
+        self.trained_matrices: list[tuple[list, list]] = [([], []) for _ in configs]  # with an EMA scored
         self.diverged_at: list[int | None] = [None] * len(configs)
 
     def _experience_data(self, i: int) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -588,9 +589,13 @@ class VectorizedTraining:
         first, kd, net = self.first, self.kd, self.net
         raw = self._experience_data(i)
         if self.replay is not None:  # each seed's minibatches of Avalanche's replay loader, memory rows included
+            if self.eval_ema is not None:
+                self.eval_ema.start_experience(net, self.iterations[i])
             net.train()
             for x, y, t in self.replay.batches(i, raw):
                 _step(net, self.lr, None, x, y, t)
+                if self.eval_ema is not None:
+                    self.eval_ema.update(net)
                 if on_iteration is not None:
                     on_iteration()
             self.replay.after_experience(raw)
@@ -632,6 +637,9 @@ class VectorizedTraining:
             if self.diverged_at[s] is None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
                 self.diverged_at[s] = len(self.matrices[s])
             if self.eval_ema is not None:
+                trained_row, trained_task_row = evaluator.accuracies(model)
+                self.trained_matrices[s][0].append(trained_row)
+                self.trained_matrices[s][1].append(trained_task_row)
                 self.net.copy_into(s, model, self.eval_ema.params)
             row, task_row = evaluator.accuracies(model)
             self.matrices[s].append(row)
@@ -647,6 +655,7 @@ class VectorizedTraining:
                 **result_record(
                     config, stream, self.matrices[s], self.task_matrices[s],
                     scored_model="model" if self.eval_ema is None else "ema",
+                    trained_weights=None if self.eval_ema is None else self.trained_matrices[s],
                     diverged_at=self.diverged_at[s],
                     curve=None,
                     diagnostics=None,

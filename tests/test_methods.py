@@ -14,8 +14,11 @@ def test_every_committed_result_maps_to_a_config_that_runs_the_same_parts():
     for path in RESULTS:
         result = json.loads(path.read_text())
         config = config_from_result(result)
-        recorded = result["config"]["method_args"]
+        recorded = dict(result["config"]["method_args"])
         resolved = config.resolved()["method_args"]
+        # EMA scoring, once a kd-* method setting (absent: off), is the run's setting now.
+        ema = result["config"].get("eval_ema_half_life", recorded.pop("eval_ema_half_life", 0.0))
+        assert config.eval_ema_half_life == ema, path.name
         # What the result recorded is kept; what it did not record takes the value it had then.
         assert {k: resolved[k] for k in recorded} == recorded, path.name
         if config.method.startswith("kd-"):
@@ -38,17 +41,16 @@ def _plugins(method, **overrides):
 @pytest.mark.parametrize(
     "method, overrides, parts, teacher",
     [
-        ("kd-replay", {}, ["KDReplayPlugin", "EMAEvaluationPlugin"], "SnapshotTeacher"),
-        ("kd-replay", {"eval_ema_half_life": 0.0}, ["KDReplayPlugin"], "SnapshotTeacher"),
-        ("kd-ema", {}, ["KDReplayPlugin", "EMAEvaluationPlugin"], "EMATeacher"),
-        ("kd-multi-teacher", {}, ["KDReplayPlugin", "EMAEvaluationPlugin"], "EnsembleTeacher"),
-        ("kd-replay-cached", {}, ["KDReplayPlugin", "EMAEvaluationPlugin"], "CachedTeacher"),
-        ("kd-replay", {"teacher": "own", "eval_ema_half_life": 0.0}, ["KDReplayPlugin"], "OwnExperienceTeacher"),
+        ("kd-replay", {}, ["KDReplayPlugin"], "SnapshotTeacher"),
+        ("kd-ema", {}, ["KDReplayPlugin"], "EMATeacher"),
+        ("kd-multi-teacher", {}, ["KDReplayPlugin"], "EnsembleTeacher"),
+        ("kd-replay-cached", {}, ["KDReplayPlugin"], "CachedTeacher"),
+        ("kd-replay", {"teacher": "own"}, ["KDReplayPlugin"], "OwnExperienceTeacher"),
         (
             "kd-replay-lwf",
             {"current_classes_only": True, "logit_weight": 0.5, "weight_aligning": True},
             ["WeightAligningPlugin", "KDReplayPlugin", "LogitMatchingPlugin", "AsymmetricCrossEntropyPlugin",
-             "CurrentDistillationPlugin", "EMAEvaluationPlugin"],
+             "CurrentDistillationPlugin"],
             "SnapshotTeacher",
         ),
         ("kd-lwf", {}, ["CurrentDistillationPlugin"], None),
@@ -59,3 +61,8 @@ def test_methods_compose_the_parts_their_settings_name(method, overrides, parts,
     assert [n for n in names if n != "_ProgressPlugin"] == parts
     kd = next((p for p in strategy.plugins if type(p).__name__ == "KDReplayPlugin"), None)
     assert (type(kd.teacher_part).__name__ if kd else None) == teacher
+
+
+def test_eval_ema_is_a_run_setting_not_a_method_setting():
+    with pytest.raises(ValueError, match="eval_ema_half_life is a run setting"):
+        resolve_method_args("kd-replay", {"eval_ema_half_life": 0.3})

@@ -243,3 +243,43 @@ def test_the_loader_is_part_of_the_config_and_older_results_read_as_avalanches()
     a, b = run(tensor), run(avalanche)
     assert a["config"]["loader"] == "tensor" and "loader" not in b["config"]
     assert a["accuracy_matrix"] != b["accuracy_matrix"]  # another data order
+
+
+@pytest.mark.parametrize("method", ["naive", "replay", "der", "kd-replay"])
+def test_every_method_is_scored_with_the_ema_of_its_weights_and_with_the_trained_weights(method):
+    """EMA scoring is the run's setting: it reads the weights, never changes training,
+    so the trained weights of an EMA-scored run score what a run without it scores."""
+    fields = dict(seed=1, epochs=1, max_train_per_experience=60)
+    with_ema = run(RunConfig("split-digits", method, eval_ema_half_life=0.3, **fields))
+    without = run(RunConfig("split-digits", method, eval_ema_half_life=0.0, **fields))
+    assert with_ema["scored_model"] == "ema" and without["scored_model"] == "model"
+    assert without["trained_weights"] is None
+    trained = with_ema["trained_weights"]
+    assert trained["accuracy_matrix"] == without["accuracy_matrix"]
+    assert trained["task_il_accuracy_matrix"] == without["task_il_accuracy_matrix"]
+    assert trained["final_average_accuracy"] == without["final_average_accuracy"]
+    assert with_ema["accuracy_matrix"] != without["accuracy_matrix"]  # the average is another model
+    assert with_ema["config"]["eval_ema_half_life"] == 0.3 and "eval_ema_half_life" not in without["config"]
+
+
+def test_the_stream_sets_the_default_ema_half_life_and_bad_values_are_refused():
+    assert RunConfig("split-digits", "naive").eval_ema_half_life == 0.3
+    assert RunConfig("permuted-mnist", "naive").eval_ema_half_life == 1.0
+    for bad in (-0.1, "0.3", True, float("inf")):
+        with pytest.raises(ValueError, match="eval_ema_half_life must be a number >= 0"):
+            RunConfig("split-digits", "naive", eval_ema_half_life=bad)
+
+
+def test_a_result_written_with_ema_as_a_method_setting_is_kept(tmp_path):
+    """Results written when EMA scoring was a kd-* method setting still count as done."""
+    from ckd.runner import has_result, result_path
+
+    config = RunConfig("split-digits", "kd-replay", seed=0, epochs=1, eval_ema_half_life=0.3)
+    old = json.loads(json.dumps(config.resolved()))
+    del old["eval_ema_half_life"]
+    old["method_args"]["eval_ema_half_life"] = 0.3
+    path = result_path(tmp_path, config)
+    path.write_text(json.dumps({"config": old, "accuracy_matrix": [[1.0]]}))
+    assert has_result(tmp_path, config)
+    assert not has_result(tmp_path, RunConfig("split-digits", "kd-replay", seed=0, epochs=1, eval_ema_half_life=0.0))
+    assert config_from_result({"config": old}).resolved() == config.resolved()

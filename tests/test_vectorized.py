@@ -20,19 +20,21 @@ def _configs(method, seeds=SEEDS, **fields):
 
 
 def _cases():
-    cases = [("naive", {}), ("kd-replay", {}), ("kd-replay-cached", {}),
-             ("kd-replay", {"policy": "class_balanced", "teacher": "cached"}), ("kd-replay", {"teacher": "own"}),
-             ("kd-replay", {"policy": "class_balanced", "alpha": [0.0, 1.0, 2.0, 1.0, 0.5]})]
+    # Each run is scored with the stream's EMA of the weights (the default) unless it says 0.
+    off = {"eval_ema_half_life": 0.0}
+    cases = [("naive", {}, {}), ("naive", {}, off), ("kd-replay", {}, {}), ("kd-replay", {}, off),
+             ("kd-replay-cached", {}, off),
+             ("kd-replay", {"policy": "class_balanced", "teacher": "cached"}, off), ("kd-replay", {"teacher": "own"}, off),
+             ("kd-replay", {"policy": "class_balanced", "alpha": [0.0, 1.0, 2.0, 1.0, 0.5]}, off)]
     if "kd-ema" in METHOD_DEFAULTS:
-        cases.append(("kd-ema", {}))
-    if "eval_ema_half_life" in METHOD_DEFAULTS["kd-replay"]:  # scored with an EMA of the weights
-        cases.append(("kd-replay", {"eval_ema_half_life": 0.3}))
-    return [pytest.param(m, a, id=f"{m}-{'-'.join(map(str, a.values())) or 'defaults'}") for m, a in cases]
+        cases.append(("kd-ema", {}, {}))
+    return [pytest.param(m, a, f, id=f"{m}-{'-'.join(map(str, [*a.values(), *f.values()])) or 'defaults'}")
+            for m, a, f in cases]
 
 
-@pytest.mark.parametrize("method,args", _cases())
-def test_each_seed_matches_its_sequential_run(method, args):
-    configs = _configs(method, method_args=args)
+@pytest.mark.parametrize("method,args,fields", _cases())
+def test_each_seed_matches_its_sequential_run(method, args, fields):
+    configs = _configs(method, method_args=args, **fields)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         together = run_vectorized(configs)
@@ -40,9 +42,14 @@ def test_each_seed_matches_its_sequential_run(method, args):
     matrices = []
     for v, s in zip(together, alone):
         assert v["seed"] == s["seed"] and v["vectorized"] is True and v["config"] == s["config"]
+        assert v["scored_model"] == s["scored_model"] == ("model" if fields else "ema")
         # The batched kernels round differently: a few test samples may flip, no more.
-        flat = [a for row in v["accuracy_matrix"] for a in row]
-        assert flat == pytest.approx([a for row in s["accuracy_matrix"] for a in row], abs=0.01)
+        pairs = [(v["accuracy_matrix"], s["accuracy_matrix"])]
+        if not fields:  # the trained weights are scored too
+            pairs.append((v["trained_weights"]["accuracy_matrix"], s["trained_weights"]["accuracy_matrix"]))
+        for got, expected in pairs:
+            flat = [a for row in got for a in row]
+            assert flat == pytest.approx([a for row in expected for a in row], abs=0.01)
         matrices.append(v["accuracy_matrix"])
     assert matrices[0] != matrices[1] != matrices[2]  # each seed trained its own model
 
