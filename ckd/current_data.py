@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ckd.losses import check_temperature, soft_kl
 from ckd.plugins import KDReplayPlugin, mark_seen_classes, per_experience
-from ckd.teacher import SnapshotTeacher
+from ckd.teacher import FrozenModel, SnapshotTeacher
 
 __all__ = ["AsymmetricCrossEntropyPlugin", "CurrentDistillationPlugin"]
 
@@ -24,7 +24,8 @@ class CurrentDistillationPlugin(SupervisedPlugin):
 
     kd: share the teacher of a :class:`KDReplayPlugin` in the same strategy (placed
     before this plugin); without one the plugin keeps its own snapshot. alpha may be
-    one value per experience.
+    one value per experience. ``teacher`` and ``temperature`` make it a
+    :class:`ckd.diagnostics.Distiller`.
     """
 
     def __init__(
@@ -47,7 +48,9 @@ class CurrentDistillationPlugin(SupervisedPlugin):
         self._alpha = 0.0
 
     @property
-    def teacher(self):
+    def teacher(self) -> FrozenModel | None:
+        """The model the current samples are distilled from (``kd``'s, else the plugin's own
+        snapshot; ``None`` until an experience has ended)."""
         return self.kd.teacher if self.kd is not None else self.own.model
 
     def before_training_exp(self, strategy, **kwargs) -> None:

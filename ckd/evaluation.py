@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
-from torch import Tensor
 
-from ckd.diagnostics import distillation_report
-from ckd.plugins import KDReplayPlugin
+from ckd.diagnostics import Distiller, TeacherComparison
 
 __all__ = ["DistillationMetrics"]
 
 
 class DistillationMetrics(PluginMetric[dict]):
-    """Student against the teacher of a :class:`KDReplayPlugin`, per evaluation experience.
+    """Student against the teacher of a distillation plugin, per evaluation experience.
 
-    The teacher is the one ``kd`` distilled from during the latest training
-    experience (taken at its start: the plugin replaces its snapshot at the end of
-    training, and comparing the student with its own copy would say nothing); the
-    metric keeps a reference to it, so with ``n_teachers=1`` one extra model copy
-    stays alive until the next experience starts.
+    ``distiller``: a :class:`ckd.diagnostics.Distiller` (``KDReplayPlugin``,
+    ``CurrentDistillationPlugin``), also among the strategy's plugins. The teacher
+    is the one it distilled from during the latest training experience (taken at
+    its start: the plugin replaces its snapshot at the end of training, and
+    comparing the student with its own copy would say nothing); the metric keeps a
+    reference to it, so with ``n_teachers=1`` one extra model copy stays alive
+    until the next experience starts.
     During evaluation it runs that teacher on each minibatch next to the
-    strategy's own forward and, after each evaluated experience, emits
-    ``Distillation_<name>/eval_phase/<stream>/Task<t>/Exp<i>`` for every key of
+    strategy's own forward and, after each evaluated experience the teacher was
+    trained on, emits ``Distillation_<name>/eval_phase/<stream>/Task<t>/Exp<i>`` for every key of
     :func:`ckd.diagnostics.distillation_report` (agreement, kl, teacher_accuracy,
     teacher_correct_accuracy, teacher_wrong_accuracy, ece_student, ece_teacher).
     Nothing is emitted until the second experience has been trained, nor with
@@ -34,46 +33,40 @@ class DistillationMetrics(PluginMetric[dict]):
     with ``kd`` also in the strategy's ``plugins``.
     """
 
-    def __init__(self, kd: KDReplayPlugin) -> None:
+    def __init__(self, distiller: Distiller) -> None:
         super().__init__()
-        self.kd = kd
-        self._student: list[Tensor] = []
-        self._teacher_logits: list[Tensor] = []
-        self._targets: list[Tensor] = []
+        self.distiller = distiller
+        self._comparison: TeacherComparison | None = None
         self._last: dict[str, float] = {}
         self._distilled_from = None
+        self._taught = 0  # experiences 0 .. _taught - 1 are the ones the teacher was trained on
 
     def reset(self) -> None:
-        self._student, self._teacher_logits, self._targets = [], [], []
+        self._comparison = None
 
     def result(self) -> dict[str, float]:
         return dict(self._last)
 
     def before_training_exp(self, strategy) -> None:
-        self._distilled_from = self.kd.teacher  # None during the first experience
+        self._distilled_from = self.distiller.teacher  # None during the first experience
+        self._taught = strategy.experience.current_experience
 
     def before_eval_exp(self, strategy) -> None:
         self.reset()
+        if self._distilled_from is not None and strategy.experience.current_experience < self._taught:
+            self._comparison = TeacherComparison(self._distilled_from, self.distiller.temperature)
 
     def after_eval_iteration(self, strategy) -> None:
         super().after_eval_iteration(strategy)
-        teacher = self._distilled_from
-        if teacher is None:
-            return
-        logits, _ = teacher.logits(strategy.mb_x, strategy.mb_task_id)
-        self._teacher_logits.append(logits)
-        self._student.append(strategy.mb_output.detach()[:, : logits.shape[1]])
-        self._targets.append(strategy.mb_y)
+        if self._comparison is not None:
+            self._comparison.add(strategy.mb_output, strategy.mb_x, strategy.mb_task_id, strategy.mb_y)
 
     def after_eval_exp(self, strategy) -> list[MetricValue] | None:
-        if not self._targets:
-            return None
-        report = distillation_report(
-            torch.cat(self._student), torch.cat(self._teacher_logits), torch.cat(self._targets),
-            self.kd.config.temperature,
-        )
-        self._last = report
+        report = self._comparison.report() if self._comparison is not None else None
         self.reset()
+        if report is None:
+            return None
+        self._last = report
         step = strategy.clock.train_iterations
         return [
             MetricValue(self, get_metric_name(f"Distillation_{key}", strategy, add_experience=True), value, step)

@@ -20,8 +20,8 @@ from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics, l
 from avalanche.logging import CSVLogger, TensorboardLogger, TextLogger, WandBLogger
 from avalanche.training.plugins import EvaluationPlugin
 
+from ckd.diagnostics import find_distiller
 from ckd.evaluation import DistillationMetrics
-from ckd.plugins import KDReplayPlugin
 
 __all__ = ["LOGGERS", "check_loggers", "close_loggers", "make_evaluator", "make_loggers"]
 
@@ -93,9 +93,10 @@ def make_evaluator(loggers: Sequence = (), plugins: Sequence = ()) -> Evaluation
     """The strategy's Avalanche ``EvaluationPlugin``.
 
     With loggers: accuracy, loss and forgetting per epoch, experience and stream,
-    and :class:`ckd.evaluation.DistillationMetrics` for every KD plugin among
-    ``plugins``. Without: no metric at all (the ckd runner scores the model
-    itself), and no "no loggers" warning.
+    and :class:`ckd.evaluation.DistillationMetrics` for the first plugin among
+    ``plugins`` that distils from a teacher (:func:`ckd.diagnostics.find_distiller`).
+    Without: no metric at all (the ckd runner scores the model itself), and no
+    "no loggers" warning.
     """
     if not loggers:
         with warnings.catch_warnings():
@@ -105,6 +106,8 @@ def make_evaluator(loggers: Sequence = (), plugins: Sequence = ()) -> Evaluation
         accuracy_metrics(epoch=True, experience=True, stream=True),
         loss_metrics(epoch=True, experience=True, stream=True),
         forgetting_metrics(experience=True, stream=True),
-        *(DistillationMetrics(p) for p in plugins if isinstance(p, KDReplayPlugin)),
     ]
+    distiller = find_distiller(plugins)
+    if distiller is not None:
+        metrics.append(DistillationMetrics(distiller))
     return EvaluationPlugin(*metrics, loggers=list(loggers))

@@ -128,6 +128,11 @@ class KDReplayPlugin(SupervisedPlugin):
         for teachers that keep logits instead of a model)."""
         return self.teacher_part.model
 
+    @property
+    def temperature(self) -> float:
+        """The distillation temperature (``config.temperature``)."""
+        return self.config.temperature
+
     # ------------------------------------------------------------- experience
     def before_training_exp(self, strategy, **kwargs) -> None:
         device = torch.device(strategy.device)

@@ -603,10 +603,11 @@ class _ProgressPlugin(SupervisedPlugin):
 
 
 class _TeacherDiagnostics(SupervisedPlugin):
-    """At the end of each experience, before the KD plugin replaces its teacher,
-    compare the student with the teacher it was distilled from: on the held-out
-    sets of the experiences the teacher was trained on (``ckd.diagnostics.distillation_report``)
-    and on the replay buffer (``buffer_agreement``, ``buffer_kl``)."""
+    """At the end of each experience, before the distillation plugin replaces its teacher,
+    compare the student with the teacher it was distilled from (that of the strategy's
+    ``ckd.diagnostics.Distiller``): on the held-out sets of the experiences the teacher
+    was trained on (``ckd.diagnostics.compare_with_teacher``) and, for a plugin that
+    replays, on its buffer (``buffer_agreement``, ``buffer_kl``)."""
 
     def __init__(self, evaluator: AccuracyEvaluator) -> None:
         super().__init__()
@@ -614,38 +615,22 @@ class _TeacherDiagnostics(SupervisedPlugin):
         self.records: list[dict | None] = []
 
     def after_training_exp(self, strategy, **kwargs) -> None:
-        from ckd.diagnostics import agreement, distillation_report
-        from ckd.losses import soft_kl
-        from ckd.plugins import KDReplayPlugin
+        from ckd.diagnostics import compare_with_teacher, find_distiller
 
-        kd = next((p for p in strategy.plugins if isinstance(p, KDReplayPlugin)), None)
+        distiller = find_distiller(strategy.plugins)
+        teacher = distiller.teacher if distiller is not None else None
         current = strategy.experience.current_experience
-        if kd is None or kd.teacher is None or current == 0:
+        if teacher is None or current == 0:
             self.records.append(None)
             return
-        taught = self.evaluator.test_sets[:current]
-        x, y, t = (torch.cat(parts) for parts in zip(*taught))
-        student, teacher = _student_and_teacher_logits(strategy.model, kd.teacher, x, t)
-        report = distillation_report(student, teacher, y, kd.config.temperature)
-        if kd.buffer is not None and not kd.buffer.is_empty:
-            student, teacher = _student_and_teacher_logits(strategy.model, kd.teacher, kd.buffer.x, kd.buffer.task)
-            report["buffer_agreement"] = agreement(student, teacher)
-            report["buffer_kl"] = soft_kl(student, teacher, kd.config.temperature).item()
+        x, y, t = (torch.cat(parts) for parts in zip(*self.evaluator.test_sets[:current]))
+        report = compare_with_teacher(strategy.model, teacher, x, t, y, distiller.temperature)
+        buffer = getattr(distiller, "buffer", None)
+        if buffer is not None and not buffer.is_empty:
+            on_buffer = compare_with_teacher(strategy.model, teacher, buffer.x, buffer.task, buffer.y, distiller.temperature)
+            report["buffer_agreement"], report["buffer_kl"] = on_buffer["agreement"], on_buffer["kl"]
         # NaN (an empty teacher-right or teacher-wrong part) is null in the JSON.
         self.records.append({k: (None if math.isnan(v) else v) for k, v in report.items()})
-
-
-def _student_and_teacher_logits(model, teacher, x: torch.Tensor, t: torch.Tensor, batch: int = 1000):
-    """Eval-mode logits of the model and the teacher on ``x``, cut to the teacher's width."""
-    from avalanche.models.utils import avalanche_forward
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        student = torch.cat([avalanche_forward(model, x[i : i + batch], t[i : i + batch]) for i in range(0, len(x), batch)])
-    model.train(was_training)
-    out = torch.cat([teacher.logits(x[i : i + batch], t[i : i + batch])[0] for i in range(0, len(x), batch)])
-    return student[:, : out.shape[1]], out
 
 
 class _PeriodicEvaluation(SupervisedPlugin):
