@@ -18,6 +18,7 @@ __all__ = [
     "weighted",
     "average_soft_targets",
     "replay_cross_entropy",
+    "asymmetric_logits",
     "logit_mse",
     "feature_distance",
     "rkd_distance",
@@ -148,6 +149,18 @@ def average_soft_targets(
 def replay_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Hard-label cross-entropy on replayed samples. logits ``(B, C)``, targets ``(B,)``."""
     return F.cross_entropy(logits, targets)
+
+
+def asymmetric_logits(logits: Tensor, targets: Tensor, seen: Tensor) -> Tensor:
+    """The logits ER-ACE's cross-entropy on incoming samples sees (Caccia et al., 2022).
+
+    logits ``(B, C)``, targets ``(B,)``, seen: bool ``(C,)``, the classes met so far.
+    The columns of seen classes that no row of the batch is labelled with get a large
+    negative value, so that the cross-entropy neither lowers nor raises them; the
+    batch's classes and the classes not met yet keep theirs. Returns ``(B, C)``.
+    """
+    present = torch.zeros_like(seen).index_fill_(0, targets, True)
+    return logits.masked_fill(seen & ~present, torch.finfo(logits.dtype).min / 4)
 
 
 def logit_mse(student_logits: Tensor, teacher_logits: Tensor, known_classes: Tensor | None = None) -> Tensor:

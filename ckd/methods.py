@@ -78,6 +78,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lwf": {"alpha": 1.0, "temperature": 2.0},
     "ewc": {"ewc_lambda": 100.0},
     "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
+    "er-ace": {"mem_size": 500, "replay_batch_size": 10},
     "kd-replay": dict(_KD),
     "kd-ema": {**_KD, "teacher": "ema"},
     "kd-feature": {**_KD, "feature_weight": 1.0, "feature_metric": "l2"},
@@ -87,6 +88,10 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "kd-multi-teacher": {**_KD, "n_teachers": 4, "ensemble": "own"},
     "kd-replay-cached": {**_KD, "teacher": "cached"},
 }
+
+
+# Methods whose buffer is ckd's (seeded with the run's seed) outside the kd-* family.
+_CKD_BUFFER_METHODS = ("er-ace",)
 
 
 def available_methods() -> list[str]:
@@ -99,23 +104,25 @@ def resolve_method_args(method: str, overrides: dict[str, Any] | None = None) ->
         raise ValueError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     args = dict(METHOD_DEFAULTS[method])
     for key, value in (overrides or {}).items():
+        if key == "eval_ema_half_life":
+            raise ValueError("eval_ema_half_life is a run setting for every method now: give it beside the "
+                             "stream (--eval-ema, or eval_ema_half_life under [[run]]), not among the method's")
         if key not in args:
             allowed = ", ".join(sorted(args)) or "none"
             raise ValueError(f"method {method!r} has no setting {key!r} (settings: {allowed})")
         args[key] = value
     return args
 
-        if key == "eval_ema_half_life":
-            raise ValueError("eval_ema_half_life is a run setting for every method now: give it beside the "
-                             "stream (--eval-ema, or eval_ema_half_life under [[run]]), not among the method's")
 
 def _plugins_for(method: str, args: dict[str, Any]) -> list:
     args = dict(args)
     from avalanche.training.plugins import EWCPlugin, LwFPlugin
     from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 
-    from ckd.replay import ExperienceReplayPlugin
+    from ckd.replay import ERACEPlugin, ExperienceReplayPlugin
 
+    if method == "er-ace":
+        return [ERACEPlugin(mem_size=args["mem_size"], replay_batch_size=args["replay_batch_size"], seed=args["seed"])]
     if method == "replay":
         if args["policy"] not in ("reservoir", "experience_balanced"):
             raise ValueError(f"replay policy must be 'reservoir' or 'experience_balanced', got {args['policy']!r}")
@@ -209,7 +216,7 @@ def make_strategy(
 
     # foreach: one update over every tensor, the per-tensor loop's arithmetic (the CPU default is that loop)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, foreach=True)
-    if method.startswith("kd-"):  # ckd plugins take the run's seed for their buffer
+    if method.startswith("kd-") or method in _CKD_BUFFER_METHODS:  # ckd plugins take the run's seed for their buffer
         args = {**args, "seed": seed}
     common: dict[str, Any] = dict(
         model=model,

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from ckd.losses import average_soft_targets, feature_distance, rkd_angle, rkd_distance, soft_kl, soft_kl_sum
+from ckd.losses import (
+    asymmetric_logits,
+    average_soft_targets,
+    feature_distance,
+    rkd_angle,
+    rkd_distance,
+    soft_kl,
+    soft_kl_sum,
+)
 
 
 def _kl(p, q):
@@ -222,3 +230,18 @@ def test_soft_kl_of_a_wider_student_is_taken_on_the_teachers_columns():
     p_t = torch.softmax(teacher / temperature, dim=1)
     torch.testing.assert_close(student.grad[:, :3], temperature * (p_s - p_t) / 2, atol=1e-7, rtol=1e-5)
     assert torch.all(student.grad[:, 3:] == 0)
+
+
+def test_asymmetric_logits_leave_out_the_met_classes_the_batch_does_not_hold():
+    # Met so far: classes 0, 1, 2; the batch holds 1 and 2; class 3 was never met.
+    logits = torch.tensor([[1.0, 2.0, 0.0, -1.0], [0.5, 0.0, 3.0, 1.0]])
+    targets = torch.tensor([1, 2])
+    seen = torch.tensor([True, True, True, False])
+    masked = asymmetric_logits(logits, targets, seen)
+    assert torch.equal(masked[:, 1:], logits[:, 1:])
+    assert bool((masked[:, 0] < -1e30).all())
+    # CE over {1, 2, 3}: row 0 = -2 + ln(e^2 + e^0 + e^-1), row 1 = -3 + ln(e^0 + e^3 + e^1)
+    expected = (-2 + math.log(math.exp(2) + 1 + math.exp(-1)) - 3 + math.log(1 + math.exp(3) + math.e)) / 2
+    assert float(torch.nn.functional.cross_entropy(masked, targets)) == pytest.approx(expected)
+    # nothing met before the batch's own classes: unchanged
+    assert torch.equal(asymmetric_logits(logits, targets, torch.tensor([False, True, True, False])), logits)
