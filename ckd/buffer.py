@@ -175,7 +175,9 @@ class ReplayBuffer:
         return self
 
     # ---------------------------------------------------------------- reservoir
-    def reservoir_add(self, x: Tensor, y: Tensor, task: Tensor, experience: int = 0) -> Tensor:
+    def reservoir_add(
+        self, x: Tensor, y: Tensor, task: Tensor, experience: int = 0, logits: Tensor | None = None
+    ) -> Tensor:
         """Offer a stream minibatch ``x (N, ...)``. Returns ``(N,)`` slots, ``-1``
         where a sample was not kept.
 
@@ -184,12 +186,18 @@ class ReplayBuffer:
         ``j ∈ [0, seen + i]`` keeps it in slot ``j`` if ``j < mem_size``. When two
         samples of one batch draw the same slot the later one wins, as if they
         had been offered one at a time.
+
+        ``logits (N, C)``: stored with the kept samples, every column a target
+        (DER's targets, recorded when a sample enters the memory).
         """
         self._check_input(x, y, task)
         n, m = x.shape[0], self.mem_size
         draw = torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)
         slot, keep = _reservoir_slots(draw, self.seen, m)
         self._write(slot, x, y, task, experience)
+        if logits is not None:  # rejected samples write the scratch row, as above
+            every_class = torch.ones(logits.shape[1], dtype=torch.bool, device=self.device)
+            self.set_logits(slot, logits.detach(), every_class)
         self.seen += n
         self.size = min(m, self.seen)
         return torch.where(keep, slot, -1)

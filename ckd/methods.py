@@ -78,6 +78,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lwf": {"alpha": 1.0, "temperature": 2.0},
     "ewc": {"ewc_lambda": 100.0},
     "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
+    "der-authors": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.5},
     "er-ace": {"mem_size": 500, "replay_batch_size": 10},
     "kd-replay": dict(_KD),
     "kd-ema": {**_KD, "teacher": "ema"},
@@ -91,7 +92,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 # Methods whose buffer is ckd's (seeded with the run's seed) outside the kd-* family.
-_CKD_BUFFER_METHODS = ("er-ace",)
+_CKD_BUFFER_METHODS = ("er-ace", "der-authors")
 
 
 def available_methods() -> list[str]:
@@ -119,10 +120,14 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
     from avalanche.training.plugins import EWCPlugin, LwFPlugin
     from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 
-    from ckd.replay import ERACEPlugin, ExperienceReplayPlugin
+    from ckd.replay import DarkExperienceReplayPlugin, ERACEPlugin, ExperienceReplayPlugin
 
     if method == "er-ace":
         return [ERACEPlugin(mem_size=args["mem_size"], replay_batch_size=args["replay_batch_size"], seed=args["seed"])]
+    if method == "der-authors":
+        return [DarkExperienceReplayPlugin(
+            **{k: args[k] for k in ("mem_size", "replay_batch_size", "alpha", "beta", "seed")}
+        )]
     if method == "replay":
         if args["policy"] not in ("reservoir", "experience_balanced"):
             raise ValueError(f"replay policy must be 'reservoir' or 'experience_balanced', got {args['policy']!r}")

@@ -3,8 +3,10 @@
 * :class:`ExperienceReplayPlugin` (``replay``): Avalanche's experience replay.
 * :class:`ERACEPlugin` (``er-ace``): experience replay with ER-ACE's asymmetric
   cross-entropy (Caccia et al., ICLR 2022).
+* :class:`DarkExperienceReplayPlugin` (``der-authors``): DER and DER++ (Buzzega et
+  al., NeurIPS 2020) with the timing of the authors' code.
 
-The latter keeps one stream-wide reservoir (:class:`ckd.buffer.ReplayBuffer`) on the
+The last two keep one stream-wide reservoir (:class:`ckd.buffer.ReplayBuffer`) on the
 training device, offered every stream minibatch after the optimizer step, and replay
 from the first step at which it holds samples. The replayed rows join the minibatch in
 the strategy's one forward pass, so an augmentation or mixed-precision plugin sees them
@@ -21,9 +23,9 @@ from avalanche.training.plugins import ReplayPlugin
 from torch import Tensor
 
 from ckd.buffer import ReplayBuffer, ReplaySample
-from ckd.losses import asymmetric_logits, replay_cross_entropy
+from ckd.losses import asymmetric_logits, logit_mse, replay_cross_entropy, weighted
 
-__all__ = ["ERACEPlugin", "ExperienceReplayPlugin", "Replayed"]
+__all__ = ["DarkExperienceReplayPlugin", "ERACEPlugin", "ExperienceReplayPlugin", "Replayed"]
 
 
 class ExperienceReplayPlugin(ReplayPlugin):
@@ -138,6 +140,62 @@ class ERACEPlugin(_ReservoirReplay):
         replayed = self.replay.get("ce")
         if replayed is not None:
             strategy.loss += replay_cross_entropy(replayed.logits, replayed.sample.y)
+
+
+class DarkExperienceReplayPlugin(_ReservoirReplay):
+    """DER and DER++ (Buzzega et al., NeurIPS 2020) with the authors' timing: a sample's
+    logit targets are the outputs the model gave it in the training step that offered it
+    to the reservoir, and both terms start as soon as the buffer holds samples, within
+    the first experience.
+
+    Each step, once the buffer holds samples: ``alpha · MSE(z(x_a), z_a)`` on
+    ``replay_batch_size`` rows drawn with their stored logits, and ``beta · CE(z(x_b), y_b)``
+    on a second, independent draw (DER++; ``beta = 0`` is DER). After the optimizer step
+    the reservoir is offered the stream minibatch as it was before augmentation, with
+    the outputs of that step's forward.
+
+    Avalanche's ``DER`` (method ``der``) stores the logits of each experience's final
+    model when the experience ends and starts its terms at the second experience; at
+    the paper's learning rate that diverges on Permuted-MNIST (benchmarks/der_domain_il.md).
+    The stream rows and both draws share one forward pass (the authors' code runs three:
+    with BatchNorm, the batch statistics differ).
+    """
+
+    def __init__(
+        self, *, mem_size: int = 500, replay_batch_size: int = 10, alpha: float = 1.0, beta: float = 0.5, seed: int = 0
+    ) -> None:
+        super().__init__(mem_size, replay_batch_size, seed)
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        self.alpha = alpha
+        self.beta = beta
+        self._step_logits: Tensor | None = None  # (B, C): the stream rows' outputs, stored with them
+
+    def before_forward(self, strategy, **kwargs) -> None:
+        draws = {}
+        if not self.buffer.is_empty:
+            if self.alpha > 0:
+                draws["mse"] = self.buffer.sample(self.replay_batch_size)
+            if self.beta > 0:  # a second, independent draw
+                draws["ce"] = self.buffer.sample(self.replay_batch_size)
+        self._join(strategy, draws)
+
+    def after_forward(self, strategy, **kwargs) -> None:
+        super().after_forward(strategy)
+        self._step_logits = strategy.mb_output.detach()
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        if "mse" in self.replay:
+            z, stored = self.replay["mse"].logits, self.replay["mse"].sample
+            strategy.loss += weighted(self.alpha, logit_mse(z, stored.logits, stored.logits_mask))
+        if "ce" in self.replay:
+            z, y = self.replay["ce"].logits, self.replay["ce"].sample.y
+            strategy.loss += weighted(self.beta, replay_cross_entropy(z, y))
+
+    def _insert(self, strategy) -> None:
+        self.buffer.reservoir_add(*self._current, strategy.experience.current_experience, logits=self._step_logits)
+        self._step_logits = None
 
 
 def _padded(seen: Tensor | None, width: int, device: torch.device) -> Tensor:

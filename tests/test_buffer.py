@@ -14,6 +14,18 @@ def _stream_batch(start: int, n: int):
     return x, idx % 10, torch.zeros(n, dtype=torch.long)
 
 
+def test_reservoir_stores_the_logits_given_with_the_kept_samples():
+    buf = ReplayBuffer(12, "reservoir", seed=0)
+    for start in range(0, 40, 8):
+        x, y, t = _stream_batch(start, 8)
+        logits = x[:, :1] * torch.tensor([[1.0, -1.0, 0.5]])  # each row's logits name its stream position
+        slots = buf.reservoir_add(x, y, t, logits=logits)
+        kept = slots >= 0
+        assert torch.equal(buf.logits[slots[kept]], logits[kept])
+    assert torch.equal(buf.logits, buf.x[:, :1] * torch.tensor([[1.0, -1.0, 0.5]]))
+    assert bool(buf.logits_mask.all())
+
+
 def test_reservoir_fills_in_order_then_keeps_size():
     buf = ReplayBuffer(25, "reservoir", seed=0)
     slots = buf.reservoir_add(*_stream_batch(0, 10))

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
-from ckd.replay import ERACEPlugin
+from ckd.replay import DarkExperienceReplayPlugin, ERACEPlugin
 from ckd.runner import RunConfig, run
+from recording import run_with_plugin
 
 
 def _strategy() -> SimpleNamespace:
@@ -72,11 +73,50 @@ def test_er_ace_the_criterion_sees_the_stream_rows_and_the_buffer_keeps_them_unm
     assert plugin.buffer.logits is None  # ER-ACE keeps no logits
 
 
+# ------------------------------------------------------------------------- DER
+
+
+def test_der_loss_is_alpha_mse_to_the_stored_logits_plus_beta_ce_on_a_second_draw():
+    plugin = DarkExperienceReplayPlugin(mem_size=4, replay_batch_size=2, alpha=0.3, beta=0.5)
+    strategy = _strategy()
+    plugin.before_training_exp(strategy)
+    x1, y1 = torch.tensor([[1.0, -1.0, 0.5], [0.0, 2.0, -0.5]]), torch.tensor([0, 1])
+    first = _step(plugin, strategy, x1, y1)  # the model: z = x
+    assert float(first) == pytest.approx(float(F.cross_entropy(x1, y1)))  # empty buffer: CE only
+    # The logits stored with the rows are those of the step that offered them.
+    assert torch.equal(plugin.buffer.logits, x1)
+
+    x2, y2 = torch.tensor([[0.5, 0.5, 1.0], [-1.0, 0.0, 1.0]]), torch.tensor([2, 2])
+    second = _step(plugin, strategy, x2, y2, forward=lambda x: 2 * x)  # the model has changed
+    # Both draws take the whole buffer (2 rows, replay batch 2): x1, stored logits x1.
+    mse = float(((2 * x1 - x1) ** 2).mean())
+    ce_replayed = float(F.cross_entropy(2 * x1, y1))
+    assert float(second) == pytest.approx(float(F.cross_entropy(2 * x2, y2)) + 0.3 * mse + 0.5 * ce_replayed)
+    assert torch.equal(plugin.buffer.logits[2:], 2 * x2)  # this step's outputs, not x2's under the old model
+
+
+def test_der_with_beta_zero_draws_once_and_alpha_zero_is_replay_of_labels():
+    strategy = _strategy()
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    for alpha, beta, draws in ((1.0, 0.0, ["mse"]), (0.0, 1.0, ["ce"])):
+        plugin = DarkExperienceReplayPlugin(mem_size=8, replay_batch_size=2, alpha=alpha, beta=beta)
+        plugin.before_training_exp(strategy)
+        _step(plugin, strategy, x, y)
+        strategy.mbatch = [x, y, torch.zeros_like(y)]
+        plugin.before_forward(strategy)
+        assert strategy.mbatch[0].shape[0] == 4 + 2
+        strategy.mb_output = strategy.mbatch[0]
+        plugin.after_forward(strategy)
+        assert list(plugin.replay) == draws and plugin.replay[draws[0]].logits.shape == (2, 3)
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
         (lambda: ERACEPlugin(mem_size=0), "mem_size must be an integer >= 1, got 0"),
         (lambda: ERACEPlugin(replay_batch_size=2.5), "replay_batch_size must be an integer >= 1, got 2.5"),
+        (lambda: DarkExperienceReplayPlugin(alpha=-1.0), "alpha must be >= 0, got -1.0"),
+        (lambda: DarkExperienceReplayPlugin(beta=float("nan")), "beta must be >= 0, got nan"),
     ],
 )
 def test_bad_settings_are_rejected(make, message):
@@ -84,19 +124,63 @@ def test_bad_settings_are_rejected(make, message):
         make()
 
 
+class _DERTiming(SupervisedPlugin):
+    """Placed after the DER plugin: per step of the first experience, the stream rows'
+    outputs of the step's forward, the replay terms of the loss, and whether the
+    logits the buffer then holds for those rows are those outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replay_terms: list[float] = []
+        self.stored_as_computed: list[bool] = []
+        self.stored_differs_from_after_the_step: list[bool] = []
+        self._offered = 0
+
+    def after_forward(self, strategy, **kwargs):
+        self._outputs = strategy.mb_output.detach().clone()
+
+    def before_backward(self, strategy, **kwargs):
+        if strategy.experience.current_experience == 0:
+            own_ce = F.cross_entropy(strategy.mb_output, strategy.mb_y)
+            self.replay_terms.append(float(strategy.loss - own_ce))
+
+    def after_training_iteration(self, strategy, **kwargs):
+        der = next(p for p in strategy.plugins if isinstance(p, DarkExperienceReplayPlugin))
+        n = self._outputs.shape[0]
+        if self._offered + n <= der.buffer.mem_size:  # while it fills, the i-th row offered sits in slot i
+            stored = der.buffer.logits[self._offered : self._offered + n]
+            self.stored_as_computed.append(torch.equal(stored, self._outputs))
+            with torch.no_grad():
+                after = strategy.model(strategy.mb_x)
+            self.stored_differs_from_after_the_step.append(not torch.allclose(stored, after))
+        self._offered += n
+
+
+def test_der_authors_stores_each_steps_logits_and_distils_from_the_first_experience(monkeypatch):
+    timing = _DERTiming()
+    config = RunConfig("split-digits", "der-authors", seed=0, epochs=1, method_args={"beta": 0.0, "mem_size": 200})
+    run_with_plugin(config, timing, monkeypatch)
+    assert len(timing.stored_as_computed) == 200 // 10 and all(timing.stored_as_computed)
+    assert all(timing.stored_differs_from_after_the_step)
+    # beta 0: what the loss holds besides the stream rows' CE is alpha · MSE; nothing
+    # is replayed at the first step, every later step of experience 0 distils.
+    assert timing.replay_terms[0] == 0.0
+    assert all(term > 0 for term in timing.replay_terms[1:])
+
 
 # ------------------------------------------------------------------ methods
 
 
 @pytest.mark.parametrize("method, plugin, settings", [
     ("er-ace", ERACEPlugin, {"mem_size": 500, "replay_batch_size": 10}),
+    ("der-authors", DarkExperienceReplayPlugin, {"mem_size": 500, "replay_batch_size": 10, "alpha": 0.3, "beta": 0.5}),
 ])
 def test_methods_build_their_plugin_with_their_settings_and_the_runs_seed(method, plugin, settings):
     from torch import nn
 
     from ckd.methods import TrainSettings, make_strategy, resolve_method_args
 
-    args = resolve_method_args(method)
+    args = resolve_method_args(method, {"alpha": 0.3} if method == "der-authors" else {})
     strategy = make_strategy(method, nn.Linear(4, 3), TrainSettings(0.1, 10, 1, 100, "cpu"), args, seed=7)
     [built] = [p for p in strategy.plugins if type(p).__module__.startswith("ckd")]
     assert type(built) is plugin and built.seed == 7
@@ -106,7 +190,7 @@ def test_methods_build_their_plugin_with_their_settings_and_the_runs_seed(method
 # ----------------------------------------------------------- against naive
 
 
-@pytest.mark.parametrize("method", ["er-ace"])
+@pytest.mark.parametrize("method", ["er-ace", "der-authors"])
 def test_forgets_less_than_naive_on_split_digits(method):
     # Naive ends near 19 % with ~99 % forgetting (seeds 0-3); with 500 slots and a replay
     # batch of 10, ER-ACE scored 0.75-0.86 and DER++ 0.90-0.95, forgetting at most 0.1.
@@ -132,7 +216,7 @@ class _Loaders(SupervisedPlugin):
         self.names.append(type(strategy.dataloader).__name__)
 
 
-@pytest.mark.parametrize("method", ["er-ace"])
+@pytest.mark.parametrize("method", ["er-ace", "der-authors"])
 def test_composes_with_augmentation_mixed_precision_and_ema_evaluation(tmp_path, method):
     """The replayed rows are augmented and run in bf16 with the stream rows; the buffer
     keeps the images as they came, and an EMA evaluation plugin appended by the runner
@@ -164,8 +248,9 @@ def test_composes_with_augmentation_mixed_precision_and_ema_evaluation(tmp_path,
         warnings.simplefilter("ignore")
         for experience in stream.benchmark.train_stream[:2]:
             strategy.train(experience)
-    replay = next(p for p in strategy.plugins if isinstance(p, ERACEPlugin))
-    joined = [x for x, _ in seen if x.shape[0] == 8 + 6]
+    replay = next(p for p in strategy.plugins if isinstance(p, (ERACEPlugin, DarkExperienceReplayPlugin)))
+    draws = 2 if method == "der-authors" else 1
+    joined = [x for x, _ in seen if x.shape[0] == 8 + draws * 6]
     assert len(joined) == len(seen) - 1  # every step but the first replays
     assert all(autocast for _, autocast in seen)
     images = torch.cat([dataset_tensors(e.dataset)[0] for e in stream.benchmark.train_stream[:2]]).flatten(1)

@@ -124,7 +124,7 @@ def _train(method, stream, fast, plugins=(), evaluator=None):
 
 @pytest.mark.parametrize(
     "method",
-    ["naive", "joint", "replay", "der", "er-ace", "ewc", "lwf", "kd-replay", "kd-replay-cached", "kd-relation"],
+    ["naive", "joint", "replay", "der", "der-authors", "er-ace", "ewc", "lwf", "kd-replay", "kd-replay-cached", "kd-relation"],
 )
 def test_both_paths_give_identical_results_given_the_same_batches(method):
     stream = make_stream("split-digits", seed=0, max_train_per_experience=80)
