@@ -123,11 +123,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         from ckd.methods import resolve_method_args
         from ckd.models import MODELS
-        from ckd.streams import available_streams
+        from ckd.streams import available_streams, is_image_folder
         from ckd.user_code import is_reference, load_callable
 
-        if is_reference(self.stream):
-            load_callable(self.stream, "stream")
+        if is_image_folder(self.stream) or is_reference(self.stream):
+            if not is_image_folder(self.stream):
+                load_callable(self.stream, "stream")
             missing = [n for n in ("epochs", "lr", "batch_size") if getattr(self, n) is None]
             if missing:
                 raise ValueError(f"stream {self.stream!r} is user-defined and has no defaults: give {', '.join(missing)}")

@@ -37,19 +37,25 @@ DER constants in :mod:`ckd.augment`), and :attr:`Stream.augmentation` carries th
 training augmentation the protocol applies (random crop with 4 pixels of
 padding, horizontal flip); the runner applies it on the device. CIFAR is read
 from torchvision's unpacked layout (``cifar-10-batches-py/``, ``cifar-100-python/``)
-and MD5-checked file by file; Tiny ImageNet from the unpacked
+and MD5-checked file by file; CIFAR-10, when that folder is absent, from the JPEG
+copy ``CIFAR10-JPEG/cifar10-jpeg.tar.gz`` (quality 75: close to the original pixels,
+not equal to them), checked by its MD5 and its 5,000/1,000 images per class and
+decoded through a disk cache (:mod:`ckd.image_files`); Tiny ImageNet from the unpacked
 ``tiny-imagenet-200/`` folder, checked by its file counts and, when
 ``tiny-imagenet-200.zip`` lies beside it, the MD5 of the archive.
 ``checksum=False`` skips these checks (re-packed copies, synthetic test archives).
 
-``make_stream("package.module:function")`` builds a user's stream: a function
-that returns an Avalanche benchmark (or a :class:`Stream`), see :func:`stream_from_benchmark`.
+``make_stream("image-folder:PATH")`` reads a user's images with no code: ``PATH``
+(a folder or a tar archive of one) holds ``train/<class>/<image>`` and
+``test/<class>/<image>``, classes sorted by name, two per experience by default; see
+:mod:`ckd.image_files`. ``make_stream("package.module:function")`` builds a user's
+stream: a function that returns an Avalanche benchmark (or a :class:`Stream`), see
+:func:`stream_from_benchmark`.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import os
 import pickle
@@ -78,12 +84,15 @@ from ckd.augment import (
     CropFlip,
     Normalization,
 )
+from ckd.files import md5sum as _md5
+from ckd.image_files import ImageSet, load_image_set
 
 __all__ = [
     "DatasetNotFoundError",
     "Stream",
     "StreamOptions",
     "available_streams",
+    "is_image_folder",
     "make_stream",
     "resolve_data_root",
     "stream_from_benchmark",
@@ -118,6 +127,11 @@ _MD5 = {
 _IDX_DTYPE_CODE = 0x08
 _SPLIT_SIZES = {"train": 60000, "test": 10000}
 _MNIST_SIDE = 28
+_CIFAR10_JPEG = "CIFAR10-JPEG/cifar10-jpeg.tar.gz"
+_CIFAR10_JPEG_MD5 = "82072a447fb69db2d9437e04b70ccaa1"
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+"""The class folders of the JPEG copy, in the order of CIFAR-10's labels 0..9."""
+IMAGE_FOLDER = "image-folder:"
 
 _decoded: dict[tuple[Path, bool], tuple["_Source", "_Source"]] = {}
 """Decoded (train, test) sources by (resolved dataset folder, checksum verified): each file is read once."""
@@ -157,7 +171,8 @@ _LAYOUTS["CIFAR10"] = _Layout(
         "test_batch": "40351d587109b95175f43aff81a1287e",
         "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
     },
-    _torchvision_hint("python-version batches (cifar-10-python.tar.gz, unpacked)", "CIFAR10", "cifar-10-batches-py/"),
+    _torchvision_hint("python-version batches (cifar-10-python.tar.gz, unpacked)", "CIFAR10", "cifar-10-batches-py/")
+    + f" Or put the JPEG copy of CIFAR-10 at <data root>/{_CIFAR10_JPEG} (md5 {_CIFAR10_JPEG_MD5}).",
 )
 _LAYOUTS["CIFAR100"] = _Layout(
     "CIFAR-100",
@@ -227,14 +242,6 @@ def _checked_file(root: Path, dataset: str, name: str, checksum: bool) -> Path:
 
 
 # ------------------------------------------------------------------ IDX files
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _parse_idx(data: bytes, n_dims: int) -> np.ndarray:
@@ -406,6 +413,41 @@ def _cifar_sources(root: Path, dataset: str, checksum: bool) -> tuple[_Source, _
         )
 
     return _cached(root / _LAYOUTS[dataset].folder, checksum, decode)
+
+
+def _cifar10_sources(root: Path, checksum: bool) -> tuple[_Source, _Source]:
+    """CIFAR-10 from torchvision's ``cifar-10-batches-py/``, else from the JPEG copy
+    ``CIFAR10-JPEG/cifar10-jpeg.tar.gz``; decoded once per folder or archive."""
+    folder, archive = root / _LAYOUTS["CIFAR10"].folder, root / _CIFAR10_JPEG
+    if folder.is_dir() or not archive.is_file():
+        if not folder.is_dir():
+            problem = f"neither {folder} nor the JPEG copy {archive} exists"
+            raise DatasetNotFoundError(_missing_files_message(root, "CIFAR10", problem))
+        return _cifar_sources(root, "CIFAR10", checksum)
+
+    def decode() -> tuple[_Source, _Source]:
+        try:
+            image_set = load_image_set(
+                archive,
+                classes=_CIFAR10_CLASSES,
+                image_size=(32, 32),
+                per_class=(5000, 1000) if checksum else None,
+                md5=_CIFAR10_JPEG_MD5 if checksum else None,
+            )
+        except ValueError as err:
+            fix = "--no-checksum accepts a re-packed copy" if checksum else f"the shared copy has md5 {_CIFAR10_JPEG_MD5}"
+            raise DatasetNotFoundError(f"CIFAR-10 not usable: {err}; copy {archive.name} again ({fix})") from err
+        return _image_sources(image_set, CIFAR10_NORMALIZATION)
+
+    return _cached(archive, checksum, decode)
+
+
+def _image_sources(image_set: ImageSet, normalization: Normalization) -> tuple[_Source, _Source]:
+    shape = image_set.image_shape
+    return (
+        _as_source(image_set.train_images, image_set.train_labels, shape, 255.0, normalization),
+        _as_source(image_set.test_images, image_set.test_labels, shape, 255.0, normalization),
+    )
 
 
 _TINY_SIDE = 64
@@ -835,7 +877,7 @@ def _der_augmentation(normalization: Normalization) -> CropFlip:
 
 
 def _split_cifar10(root: Path, options: StreamOptions) -> Stream:
-    load = lambda: _cifar_sources(root, "CIFAR10", options.checksum)  # noqa: E731
+    load = lambda: _cifar10_sources(root, options.checksum)  # noqa: E731
     return _split_stream("split-cifar10", load, options, 10, 5, _der_augmentation(CIFAR10_NORMALIZATION))
 
 
@@ -872,6 +914,33 @@ def _rotated_mnist(root: Path, options: StreamOptions) -> Stream:
     return _domain_stream("rotated-mnist", root, options, maps)
 
 
+def is_image_folder(name: str) -> bool:
+    """Whether stream ``name`` is ``image-folder:PATH``."""
+    return name.startswith(IMAGE_FOLDER) and len(name) > len(IMAGE_FOLDER)
+
+
+def _image_folder(name: str, options: StreamOptions) -> Stream:
+    """``image-folder:PATH``: the images of folder (or tar archive) ``PATH``, class-incremental,
+    normalised with their training set's channel means and stds, not augmented."""
+    path = Path(name[len(IMAGE_FOLDER):]).expanduser()
+
+    def decode() -> tuple[_Source, _Source]:
+        try:
+            image_set = load_image_set(path)
+        except FileNotFoundError as err:
+            raise DatasetNotFoundError(f"{err}; {IMAGE_FOLDER}PATH reads PATH/train/<class>/<image> and PATH/test/<class>/<image>") from err
+        except ValueError as err:
+            raise DatasetNotFoundError(str(err)) from err
+        mean, std = image_set.channel_stats()
+        return _image_sources(image_set, Normalization(mean, std))
+
+    train, test = _cached(path, True, decode)
+    n_classes = int(train.labels.max()) + 1
+    if options.n_experiences is None and n_classes % 2:
+        raise ValueError(f"{name} has {n_classes} classes, not 2 per experience: give n_experiences (a divisor of {n_classes})")
+    return _split_stream(name, lambda: (train, test), options, n_classes, n_classes // 2)
+
+
 _STREAMS: dict[str, Callable[[Path, StreamOptions], Stream]] = {
     "permuted-mnist": _permuted_mnist,
     "rotated-mnist": _rotated_mnist,
@@ -885,7 +954,7 @@ _STREAMS: dict[str, Callable[[Path, StreamOptions], Stream]] = {
 
 
 def available_streams() -> list[str]:
-    """Names accepted by :func:`make_stream`, sorted (besides ``package.module:function``)."""
+    """Names accepted by :func:`make_stream`, sorted (besides ``image-folder:PATH`` and ``package.module:function``)."""
     return sorted(_STREAMS)
 
 
@@ -1018,8 +1087,9 @@ def make_stream(
     max_test_per_experience: int | None = None,
     checksum: bool = True,
 ) -> Stream:
-    """Build stream ``name`` (see :func:`available_streams`), or call a user's
-    ``package.module:function`` with the options it declares (see :func:`stream_from_benchmark`).
+    """Build stream ``name`` (see :func:`available_streams`), read the images of
+    ``image-folder:PATH``, or call a user's ``package.module:function`` with the options it
+    declares (see :func:`stream_from_benchmark`).
 
     ``seed`` fixes permutations, angles, the digits train/test split, the
     validation split and subsampling; the class order of split streams is fixed.
@@ -1034,9 +1104,10 @@ def make_stream(
     """
     from ckd.user_code import is_reference
 
-    if name not in _STREAMS and not is_reference(name):
+    if name not in _STREAMS and not is_reference(name) and not is_image_folder(name):
         raise ValueError(
-            f"unknown stream {name!r}; available: {', '.join(available_streams())}, or package.module:function"
+            f"unknown stream {name!r}; available: {', '.join(available_streams())}, "
+            "image-folder:PATH or package.module:function"
         )
     options = StreamOptions(
         seed=seed,
@@ -1047,6 +1118,8 @@ def make_stream(
         max_test_per_experience=max_test_per_experience,
         checksum=checksum,
     )
+    if is_image_folder(name):
+        return _image_folder(name, options)
     if is_reference(name):
         return _user_stream(name, resolve_data_root(data_root), options)
     return _STREAMS[name](resolve_data_root(data_root), options)
