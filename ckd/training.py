@@ -5,9 +5,10 @@ a collate per sample, a quarter of a Seq-MNIST step on the CPU. When an
 experience's data are rows of in-memory tensors, :class:`TensorTraining` instead
 slices minibatches out of those tensors, moved once to the training device, with
 a seeded permutation drawn on that device (:class:`TensorBatches`). It also calls
-each training-loop hook only on the plugins that implement it, and never on the
-evaluator: no evaluation callbacks run while training (``strategy.eval`` is
-unchanged). Everything else is Avalanche's: plugins see the same ``mbatch``,
+each training-loop hook only on the plugins that implement it, and on the
+evaluator only when it has metrics or loggers to feed (the training curves of
+Avalanche's loggers; ``strategy.eval`` is unchanged). Everything else is
+Avalanche's: plugins see the same ``mbatch``,
 ``mb_output`` and ``loss``, in the same order, so every plugin works unchanged.
 
 A dataset that is not plain tensor rows (a transform, an extra attribute in its
@@ -341,7 +342,9 @@ class TensorTraining(BaseSGDTemplate):
         return torch.zeros((), device=self.device)
 
     def _collect_loop_hooks(self) -> None:
-        plugins = [p for p in self.plugins if p is not self.evaluator]
+        # An evaluator with nothing to measure or log would only cost a call per hook.
+        idle = self.evaluator is not None and not (self.evaluator.metrics or self.evaluator.loggers)
+        plugins = [p for p in self.plugins if not (idle and p is self.evaluator)]
         self._loop_hooks = {
             event: [getattr(p, event) for p in plugins if _implements(p, event)] for event in _LOOP_EVENTS
         }

@@ -77,3 +77,18 @@ def test_wandb_logs_offline_unless_configured(tmp_path, monkeypatch):
     assert logger.wandb.run.summary["Top1_Acc_Stream/eval_phase/test_stream/Task000"] == 0.75  # step 20 is written
     close_loggers([logger])
     assert len(list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+
+
+@pytest.mark.parametrize("loader", ["tensor", "avalanche"])
+def test_training_curves_are_logged_on_both_loaders(tmp_path, loader):
+    config = RunConfig("split-digits", "kd-replay", epochs=2, n_experiences=2, max_train_per_experience=60,
+                       loader=loader, method_args={"mem_size": 40})
+    run_to_file(config, tmp_path, loggers=["csv", "text"])
+    log_dir = tmp_path / "logs" / result_path(tmp_path, config).stem
+    with open(log_dir / "csv" / "training_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["training_exp"]), int(r["epoch"])) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(0.0 <= float(r["training_accuracy"]) <= 1.0 and float(r["training_loss"]) > 0.0 for r in rows)
+    assert float(rows[1]["training_accuracy"]) > float(rows[0]["training_accuracy"])  # the first experience is learned
+    text = (log_dir / "log.txt").read_text()
+    assert text.count("Top1_Acc_Epoch/train_phase/train_stream/Task000") == 4 and "Epoch 1 ended." in text
