@@ -64,8 +64,9 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=float, default=None)
     r.add_argument("--batch-size", type=int, default=None)
     r.add_argument("--model", default=None,
-                   help="mlp, cnn, resnet18 or package.module:function (default: the stream's)")
+                   help="mlp, cnn, resnet18, reduced-resnet18 or package.module:function (default: the stream's)")
     r.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision (default: float32)")
+    r.add_argument("--no-augmentation", action="store_true", help="train without the stream's crop and flip")
     r.add_argument("--eval-ema", type=float, default=None, metavar="HALF_LIFE",
                    help="score an EMA of the weights with this half-life (a fraction of an experience; 0: the trained weights), for every method; the trained weights are always scored too (default: the stream's, 0.3 or 1.0)")
     r.add_argument("--no-checksum", action="store_true",
@@ -240,6 +241,7 @@ def _cmd_run(args) -> int:
             k: v for k, v in dict(
                 epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model, amp=args.amp,
                 checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema,
+                augmentation=False if args.no_augmentation else None,
                 n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
                 loader=args.loader,
             ).items() if v is not None

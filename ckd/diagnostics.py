@@ -122,8 +122,8 @@ class TeacherComparison:
 
     def add(self, student_logits: Tensor, x: Tensor, task: Tensor, targets: Tensor) -> None:
         teacher_logits, _ = self.teacher.logits(x, task)
-        self._student.append(student_logits.detach()[:, : teacher_logits.shape[1]])
-        self._teacher.append(teacher_logits)
+        self._student.append(student_logits.detach()[:, : teacher_logits.shape[1]].float())  # float32 under autocast
+        self._teacher.append(teacher_logits.float())
         self._targets.append(targets)
 
     def report(self) -> dict[str, float] | None:

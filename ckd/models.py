@@ -7,7 +7,7 @@ import math
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["MODELS", "ResNet18", "make_model", "mlp", "resnet18", "small_cnn"]
+__all__ = ["MODELS", "ResNet18", "make_model", "mlp", "reduced_resnet18", "resnet18", "small_cnn"]
 
 
 def mlp(input_shape: tuple[int, ...], n_classes: int, hidden: int = 100) -> nn.Module:
@@ -106,7 +106,13 @@ def resnet18(input_shape: tuple[int, ...], n_classes: int, nf: int = 64) -> nn.M
     return ResNet18(input_shape[0], n_classes, nf)
 
 
-MODELS = {"mlp": mlp, "cnn": small_cnn, "resnet18": resnet18}
+def reduced_resnet18(input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """The reduced ResNet-18 of the online continual-learning papers (GEM, ER-ACE, OCM):
+    :class:`ResNet18` with ``nf = 20`` (widths 20, 40, 80, 160)."""
+    return resnet18(input_shape, n_classes, nf=20)
+
+
+MODELS = {"mlp": mlp, "cnn": small_cnn, "resnet18": resnet18, "reduced-resnet18": reduced_resnet18}
 
 
 def last_linear(model: nn.Module, what: str = "this") -> nn.Linear:

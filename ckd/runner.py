@@ -84,13 +84,16 @@ class RunConfig:
     defaults (``STREAM_DEFAULTS``). ``stream`` and ``model`` may also name a user's
     ``package.module:function`` (see ``ckd.streams.make_stream``, ``ckd.models.make_model``);
     such a stream needs ``epochs``, ``lr`` and ``batch_size``.
-    ``amp``: mixed precision, ``"bf16"`` or ``"fp16"`` (``ckd.amp``); ``None``: float32.
+    ``amp``: mixed precision, ``"bf16"`` or ``"fp16"`` (``ckd.amp``): training and scoring
+    forward passes under autocast, convolutional models laid out channels_last; ``None``: float32.
     ``checksum=False`` skips the MD5 checks of the dataset files (re-packed copies).
     ``threads``: intra-op CPU threads. The thread count changes floating-point
     reduction order, so it is part of the config: one thread by default makes
     CPU numbers identical across machines and lets suites run jobs side by side.
     ``loader``: ``"tensor"`` trains from in-memory tensors (``ckd.training``),
     ``"avalanche"`` from Avalanche's DataLoader; the data order differs, so it is part of the config.
+    ``augmentation=False`` trains without the stream's augmentation (the image streams'
+    crop and flip), as the online papers' "no augmentation" rows.
     ``eval_ema_half_life``: score an exponential moving average of the weights
     (``ckd.weight_averaging.EMAEvaluationPlugin``, half-life as a fraction of an experience),
     whatever the method; the trained weights are scored as well (the result's
@@ -118,6 +121,7 @@ class RunConfig:
     amp: str | None = None
     checksum: bool = True
     eval_ema_half_life: float | None = None
+    augmentation: bool = True
     method_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,6 +152,8 @@ class RunConfig:
             raise ValueError(f"amp must be one of {AMP_DTYPES} or None, got {self.amp!r}")
         if not isinstance(self.checksum, bool):
             raise ValueError(f"checksum must be true or false, got {self.checksum!r}")
+        if not isinstance(self.augmentation, bool):
+            raise ValueError(f"augmentation must be true or false, got {self.augmentation!r}")
         if self.eval_ema_half_life is None:
             object.__setattr__(self, "eval_ema_half_life", EVAL_EMA_BY_STREAM.get(self.stream, EVAL_EMA_DEFAULT))
         half_life = self.eval_ema_half_life
@@ -184,7 +190,7 @@ class RunConfig:
         if out["loader"] == "avalanche":  # what results written before the tensor path used
             del out["loader"]
         # Settings added later are recorded only when set, so older results still match.
-        for name, default in (("amp", None), ("checksum", True), ("eval_ema_half_life", 0.0)):
+        for name, default in (("amp", None), ("checksum", True), ("eval_ema_half_life", 0.0), ("augmentation", True)):
             if out[name] == default:
                 del out[name]
         return out
@@ -230,9 +236,12 @@ class AccuracyEvaluator:
     argmax over the classes of the sample's own experience.
     """
 
-    def __init__(self, stream, device: torch.device, batch_size: int) -> None:
+    def __init__(self, stream, device: torch.device, batch_size: int, amp: str | None = None) -> None:
+        from ckd.amp import AMP_DTYPES
+
         self.device = device
         self.batch_size = batch_size
+        self.autocast_dtype = AMP_DTYPES[amp] if amp is not None else None
         self.test_sets = [
             tuple(t.to(device) for t in stream.test_tensors(j)) for j in range(len(stream.benchmark.test_stream))
         ]
@@ -241,7 +250,7 @@ class AccuracyEvaluator:
         for j, classes in enumerate(stream.classes_per_experience):
             self.class_masks[j, classes] = True
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def accuracies(self, model: torch.nn.Module) -> tuple[list[float], list[float]]:
         """Class-IL and task-IL accuracy per test experience. A multi-head model
         scores 0 on an experience whose task it has no head for yet."""
@@ -261,7 +270,8 @@ class AccuracyEvaluator:
             correct_task = torch.zeros((), dtype=torch.long, device=self.device)
             for start in range(0, x.shape[0], self.batch_size):
                 sl = slice(start, start + self.batch_size)
-                logits = avalanche_forward(model, x[sl], t[sl])
+                with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                    logits = avalanche_forward(model, x[sl], t[sl]).float()
                 correct += (logits.argmax(1) == y[sl]).sum()
                 mask = self.class_masks[j, : logits.shape[1]]
                 masked = logits.masked_fill(~mask, float("-inf"))
@@ -358,7 +368,9 @@ def run(
         checksum=config.checksum,
     )
     model = make_model(config.model, stream.input_shape, stream.n_classes)
-    evaluator = AccuracyEvaluator(stream, device, config.eval_batch_size)
+    if config.amp is not None and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)  # oneDNN's fast layout for reduced-precision convs
+    evaluator = AccuracyEvaluator(stream, device, config.eval_batch_size, config.amp)
     train_stream = stream.benchmark.train_stream
     n_exp = len(train_stream)
     iterations = [math.ceil(len(e.dataset) / config.batch_size) * config.epochs for e in train_stream]
@@ -371,7 +383,7 @@ def run(
     if config.eval_every:
         curve = _PeriodicEvaluation(evaluator, config.eval_every)
         extra.append(curve)
-    if stream.augmentation is not None:  # every row the model receives, replayed ones included
+    if stream.augmentation is not None and config.augmentation:  # every row the model receives, replayed ones included
         extra.append(AugmentationPlugin(stream.augmentation))
     if config.amp is not None:
         extra.append(MixedPrecisionPlugin(config.amp, device.type))
@@ -625,11 +637,14 @@ class _TeacherDiagnostics(SupervisedPlugin):
             self.records.append(None)
             return
         x, y, t = (torch.cat(parts) for parts in zip(*self.evaluator.test_sets[:current]))
-        report = compare_with_teacher(strategy.model, teacher, x, t, y, distiller.temperature)
-        buffer = getattr(distiller, "buffer", None)
-        if buffer is not None and not buffer.is_empty:
-            on_buffer = compare_with_teacher(strategy.model, teacher, buffer.x, buffer.task, buffer.y, distiller.temperature)
-            report["buffer_agreement"], report["buffer_kl"] = on_buffer["agreement"], on_buffer["kl"]
+        dtype = self.evaluator.autocast_dtype  # the run's scoring precision
+        with torch.autocast(self.evaluator.device.type, dtype, enabled=dtype is not None):
+            report = compare_with_teacher(strategy.model, teacher, x, t, y, distiller.temperature)
+            buffer = getattr(distiller, "buffer", None)
+            if buffer is not None and not buffer.is_empty:
+                on_buffer = compare_with_teacher(strategy.model, teacher, buffer.x, buffer.task, buffer.y,
+                                                 distiller.temperature)
+                report["buffer_agreement"], report["buffer_kl"] = on_buffer["agreement"], on_buffer["kl"]
         # NaN (an empty teacher-right or teacher-wrong part) is null in the JSON.
         self.records.append({k: (None if math.isnan(v) else v) for k, v in report.items()})
 
