@@ -44,6 +44,11 @@ RATE_METRICS = (
 )
 """Fractions in [-1, 1], recomputed from ``accuracy_matrix`` with :mod:`ckd.metrics`."""
 
+TRAINED_METRIC = "trained_weights_accuracy"
+"""Final average accuracy of the trained weights: the ``trained_weights`` matrix of a run
+scored with an EMA of its weights, else the run's own ``accuracy_matrix``, so every method
+is shown both ways when its runs were EMA-scored."""
+
 COST_METRICS = ("wall_time_s", "peak_cpu_memory_mb", "peak_cuda_memory_mb")
 """Read as stored; ``peak_cuda_memory_mb`` is summarised only if some run reports it."""
 
@@ -52,6 +57,7 @@ _HEADERS = {
     "average_forgetting": "forgetting (%)",
     "average_forgetting_avalanche": "forgetting, Avalanche (%)",
     "bwt": "BWT (%)",
+    TRAINED_METRIC: "ACC, trained weights (%)",
     "wall_time_s": "wall time (s)",
     "peak_cpu_memory_mb": "peak CPU mem (MB)",
     "peak_cuda_memory_mb": "peak CUDA mem (MB)",
@@ -156,6 +162,12 @@ def _run_metrics(result: Mapping[str, Any]) -> dict[str, float]:
         ) from None
 
 
+def _trained_weights_accuracy(result: Mapping[str, Any]) -> float:
+    trained = result.get("trained_weights")
+    matrix = trained["accuracy_matrix"] if trained else result["accuracy_matrix"]
+    return compute_metrics(matrix)["final_average_accuracy"]
+
+
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
     """Mean and sample std (``ddof=1``, ``0.0`` for one value) of the non-null values."""
     present = np.array([v for v in values if v is not None], dtype=np.float64)
@@ -191,6 +203,10 @@ def summarize(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         per_run = [_run_metrics(run) for run in runs]
         for metric in RATE_METRICS:
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([m[metric] for m in per_run])
+        row["scored_model"] = "/".join(sorted({str(run.get("scored_model") or "model") for run in runs}))
+        if any(run.get("trained_weights") for run in all_runs):
+            trained = [_trained_weights_accuracy(run) for run in runs]
+            row[f"{TRAINED_METRIC}_mean"], row[f"{TRAINED_METRIC}_std"] = _mean_std(trained)
         for metric in costs:
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([run.get(metric) for run in runs])
         rows.append(row)
@@ -198,14 +214,15 @@ def summarize(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _metrics_in(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [m for m in RATE_METRICS + COST_METRICS if any(f"{m}_mean" in row for row in rows)]
+    metrics = (*RATE_METRICS, TRAINED_METRIC, *COST_METRICS)
+    return [m for m in metrics if any(f"{m}_mean" in row for row in rows)]
 
 
 def _cell(row: Mapping[str, Any], metric: str) -> str:
     mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    if metric in RATE_METRICS:
+    if metric in RATE_METRICS or metric == TRAINED_METRIC:
         return f"{100 * mean:.2f} ± {100 * std:.2f}"
     if metric == "wall_time_s":
         return f"{mean:.1f} ± {std:.1f}"
@@ -221,10 +238,13 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         raise ValueError("no summary rows to format: the results directory held no result JSONs")
     metrics = _metrics_in(rows)
-    header = ["stream", "scenario", "method", "setting", "seeds", *(_HEADERS[m] for m in metrics)]
+    scored = any(row.get("scored_model", "model") != "model" for row in rows)
+    header = ["stream", "scenario", "method", "setting", *(["scored"] if scored else []), "seeds",
+              *(_HEADERS[m] for m in metrics)]
+    n_text = 5 if scored else 4
     lines = [
         "| " + " | ".join(header) + " |",
-        "| " + " | ".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + " |",
+        "| " + " | ".join(["---"] * n_text + ["---:"] * (len(header) - n_text)) + " |",
     ]
     for row in rows:
         cells = [
@@ -232,13 +252,16 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             str(row["scenario"]) or "–",
             str(row["method"]),
             str(row["label"]),
+            *([str(row.get("scored_model", "model"))] if scored else []),
             str(row["n_seeds"]),
             *(_cell(row, m) for m in metrics),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "mean ± sample std (ddof=1) over seeds. ACC: final average accuracy. "
+        "mean ± sample std (ddof=1) over seeds. ACC: final average accuracy of the scored model "
+        "(scored: ema, an exponential moving average of the weights; model, the trained weights). "
+        "ACC, trained weights: the same runs scored with their trained weights. "
         "forgetting: best-ever minus final accuracy (Mammoth/FACIL/PyCIL). "
         "forgetting, Avalanche: right-after-training minus final. "
         "BWT: final minus right-after-training (Lopez-Paz & Ranzato, 2017).",
@@ -248,7 +271,7 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def _format_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     metrics = _metrics_in(rows)
-    columns = ["stream", "scenario", "method", "label", "n_seeds", "seeds"]
+    columns = ["stream", "scenario", "method", "label", "scored_model", "n_seeds", "seeds"]
     columns += [f"{m}_{stat}" for m in metrics for stat in ("mean", "std")]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

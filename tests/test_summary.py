@@ -127,3 +127,22 @@ def test_write_summary_writes_markdown_and_numeric_csv(tmp_path):
     assert float(table[0]["final_average_accuracy_std"]) == pytest.approx(0.1 / 2**0.5)
     assert table[0]["seeds"] == "0 1"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.csv", "summary.md"]
+
+
+def test_ema_scored_runs_are_shown_with_their_trained_weights_too(tmp_path):
+    ema = [run("replay", s, R_B, mem_size=500, scored_model="ema", trained_weights={"accuracy_matrix": R_A})
+           for s in (0, 1)]
+    plain = [run("naive", 0, R_A, scored_model="model", trained_weights=None)]
+    rows = {row["method"]: row for row in summarize(ema + plain)}
+    assert rows["replay"]["final_average_accuracy_mean"] == pytest.approx(0.8)  # the EMA's matrix
+    assert rows["replay"]["trained_weights_accuracy_mean"] == pytest.approx(0.7)  # R_A's
+    assert rows["naive"]["trained_weights_accuracy_mean"] == pytest.approx(0.7)  # its own matrix
+    assert rows["replay"]["scored_model"] == "ema" and rows["naive"]["scored_model"] == "model"
+    table = format_markdown(list(rows.values()))
+    header = table.splitlines()[0]
+    assert "| scored |" in header and "ACC, trained weights (%)" in header
+    replay_line = next(line for line in table.splitlines() if "| replay |" in line)
+    assert "| ema |" in replay_line and "80.00 ± 0.00" in replay_line and "70.00 ± 0.00" in replay_line
+    _, csv_path = write_summary(ema + plain, tmp_path)
+    records = {r["method"]: r for r in csv.DictReader(csv_path.open())}
+    assert float(records["replay"]["trained_weights_accuracy_mean"]) == pytest.approx(0.7)
