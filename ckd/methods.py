@@ -80,6 +80,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
     "der-authors": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.5},
     "er-ace": {"mem_size": 500, "replay_batch_size": 10},
+    "er": {"mem_size": 500, "replay_batch_size": 10},
     "kd-replay": dict(_KD),
     "kd-ema": {**_KD, "teacher": "ema"},
     "kd-feature": {**_KD, "feature_weight": 1.0, "feature_metric": "l2"},
@@ -92,7 +93,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 # Methods whose buffer is ckd's (seeded with the run's seed) outside the kd-* family.
-_CKD_BUFFER_METHODS = ("er-ace", "der-authors")
+_CKD_BUFFER_METHODS = ("er", "er-ace", "der-authors")
 
 
 def available_methods() -> list[str]:
@@ -120,8 +121,10 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
     from avalanche.training.plugins import EWCPlugin, LwFPlugin
     from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 
-    from ckd.replay import DarkExperienceReplayPlugin, ERACEPlugin, ExperienceReplayPlugin
+    from ckd.replay import DarkExperienceReplayPlugin, ERACEPlugin, ExperienceReplayPlugin, OnlineReplayPlugin
 
+    if method == "er":
+        return [OnlineReplayPlugin(mem_size=args["mem_size"], replay_batch_size=args["replay_batch_size"], seed=args["seed"])]
     if method == "er-ace":
         return [ERACEPlugin(mem_size=args["mem_size"], replay_batch_size=args["replay_batch_size"], seed=args["seed"])]
     if method == "der-authors":

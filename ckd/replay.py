@@ -1,12 +1,14 @@
 """The replay baselines, each a plugin on a plain strategy (``Naive``).
 
 * :class:`ExperienceReplayPlugin` (``replay``): Avalanche's experience replay.
+* :class:`OnlineReplayPlugin` (``er``): experience replay with a reservoir offered every
+  minibatch, as the online papers run it.
 * :class:`ERACEPlugin` (``er-ace``): experience replay with ER-ACE's asymmetric
   cross-entropy (Caccia et al., ICLR 2022).
 * :class:`DarkExperienceReplayPlugin` (``der-authors``): DER and DER++ (Buzzega et
   al., NeurIPS 2020) with the timing of the authors' code.
 
-The last two keep one stream-wide reservoir (:class:`ckd.buffer.ReplayBuffer`) on the
+The last three keep one stream-wide reservoir (:class:`ckd.buffer.ReplayBuffer`) on the
 training device, offered every stream minibatch after the optimizer step, and replay
 from the first step at which it holds samples. The replayed rows join the minibatch in
 the strategy's one forward pass, so an augmentation or mixed-precision plugin sees them
@@ -25,7 +27,7 @@ from torch import Tensor
 from ckd.buffer import ReplayBuffer, ReplaySample
 from ckd.losses import asymmetric_logits, logit_mse, replay_cross_entropy, weighted
 
-__all__ = ["DarkExperienceReplayPlugin", "ERACEPlugin", "ExperienceReplayPlugin", "Replayed"]
+__all__ = ["DarkExperienceReplayPlugin", "ERACEPlugin", "ExperienceReplayPlugin", "OnlineReplayPlugin", "Replayed"]
 
 
 class ExperienceReplayPlugin(ReplayPlugin):
@@ -109,6 +111,30 @@ class _ReservoirReplay(SupervisedPlugin):
 
     def _insert(self, strategy) -> None:
         self.buffer.reservoir_add(*self._current, strategy.experience.current_experience)
+
+
+class OnlineReplayPlugin(_ReservoirReplay):
+    """Experience replay as the online papers run it (Chaudhry et al., "On Tiny Episodic
+    Memories in Continual Learning", 2019; ER in ER-ACE, Mammoth): a reservoir offered
+    every stream minibatch, ``replay_batch_size`` rows drawn every step once it holds
+    samples (the experience being learned included), one cross-entropy over the stream
+    and replayed rows together: ``(B·CE(stream) + R·CE(replayed)) / (B + R)``.
+
+    Avalanche's ``ReplayPlugin`` (method ``replay``) instead fills its buffer when an
+    experience ends and replays only earlier experiences.
+    """
+
+    def __init__(self, *, mem_size: int = 500, replay_batch_size: int = 10, seed: int = 0) -> None:
+        super().__init__(mem_size, replay_batch_size, seed)
+
+    def before_forward(self, strategy, **kwargs) -> None:
+        self._join(strategy, {} if self.buffer.is_empty else {"ce": self.buffer.sample(self.replay_batch_size)})
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        replayed = self.replay.get("ce")
+        if replayed is not None:
+            n, r = strategy.mb_output.shape[0], replayed.logits.shape[0]
+            strategy.loss = (n * strategy.loss + r * replay_cross_entropy(replayed.logits, replayed.sample.y)) / (n + r)
 
 
 class ERACEPlugin(_ReservoirReplay):
