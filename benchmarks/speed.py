@@ -143,7 +143,7 @@ class VectorizedMethod:
         configs = [
             RunConfig("split-mnist", "kd-replay", seed=s, lr=0.03, batch_size=10, epochs=1, device=args.device,
                       threads=args.vectorized_threads, max_train_per_experience=args.max_train, max_test_per_experience=100,
-                      method_args=_kd_args(args.mem_size, args.replay_batch))
+                      eval_ema_half_life=0.0, method_args=_kd_args(args.mem_size, args.replay_batch))
             for s in range(n_seeds)
         ]
         threads = torch.get_num_threads()
@@ -178,7 +178,7 @@ def _kd_args(mem_size: int, replay_batch: int) -> dict:
     # holds no sample of the experience being learned) no per-row target mask to build.
     return {"mem_size": mem_size, "replay_batch_size": replay_batch, "alpha": 1.0, "temperature": 2.0,
             "beta": 1.0, "policy": "class_balanced", "known_classes_only": False,
-            "eval_ema_half_life": 0.0, "current_experience_targets": True}
+            "current_experience_targets": True}
 
 
 class RawLoop:
