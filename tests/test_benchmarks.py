@@ -31,3 +31,24 @@ def test_speed_reports_the_fast_and_vectorized_ratios_side_by_side(mnist_root, t
     assert result["vectorized_threads"] >= 1
     assert "vectorized_5_seeds_vs_5_sequential" in capsys.readouterr().out
     assert {t for name, t in threads if name != "VectorizedMethod"} == {1}  # --threads' default
+
+
+def test_der_table_shows_each_method_with_its_ema_and_its_trained_weights(tmp_path):
+    import der_table
+
+    def result(label, seed, scored, trained, scored_model):
+        return {"stream": "split-mnist", "method": "x", "label": label, "seed": seed, "scenario": "class-il",
+                "accuracy_matrix": [[scored]], "final_average_accuracy": scored, "final_average_task_il_accuracy": None,
+                "scored_model": scored_model,
+                "trained_weights": {"final_average_accuracy": trained} if scored_model == "ema" else None}
+
+    runs = [result("der++@500", 0, 0.92, 0.90, "ema"), result("der++@500", 1, 0.94, 0.92, "ema"),
+            result("er@500", 0, 0.88, 0.88, "model")]
+    for i, r in enumerate(runs):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    table = der_table.markdown([str(tmp_path)])
+    row = next(line for line in table.splitlines() if line.startswith("| Seq-MNIST class-IL | 500 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert cells[header.index("der++ ours")] == "93.00 ± 1.41 (2) / 91.00 ± 1.41 (2)"
+    assert cells[header.index("er ours")] == "— / 88.00 ± 0.00 (1)"  # scored with its trained weights only
