@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Sequence
 
 from ckd.buffer import POLICIES
@@ -42,15 +43,22 @@ class KDReplayConfig:
     def __post_init__(self) -> None:
         for name in ("mem_size", "replay_batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy integers too
+        if not _is_number(self.temperature):
+            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
         check_temperature(self.temperature)
         if isinstance(self.alpha, Sequence) and not isinstance(self.alpha, str):
             if len(self.alpha) == 0:
                 raise ValueError("alpha as a per-experience list must not be empty")
+            if not all(_is_number(v) for v in self.alpha):
+                raise ValueError(f"alpha must be a number >= 0 or one per experience, got {self.alpha!r}")
             object.__setattr__(self, "alpha", tuple(float(v) for v in self.alpha))
         for name in ("alpha", "beta"):
             for value in _as_tuple(getattr(self, name)):
+                if not _is_number(value):
+                    raise ValueError(f"{name} must be a number >= 0, got {value!r}")
                 if not value >= 0:  # also rejects NaN
                     raise ValueError(f"{name} must be >= 0, got {value}")
         if self.policy not in POLICIES:
@@ -73,6 +81,14 @@ def per_experience(value: float | tuple[float, ...], experience: int, name: str)
             f"trained; give one value per experience of the stream"
         )
     return value[experience]
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _as_tuple(value: float | tuple[float, ...]) -> tuple[float, ...]:

@@ -10,8 +10,9 @@ from avalanche.models.dynamic_modules import MultiTaskModule
 from avalanche.models.utils import avalanche_forward
 from torch import Tensor
 
+from ckd.config import _is_number
 from ckd.losses import check_temperature, soft_kl
-from ckd.plugins import KDReplayPlugin, mark_seen_classes, per_experience
+from ckd.plugins import KDReplayPlugin, add_task_column, mark_seen_classes, per_experience
 from ckd.teacher import FrozenModel, SnapshotTeacher
 
 __all__ = ["AsymmetricCrossEntropyPlugin", "CurrentDistillationPlugin"]
@@ -32,12 +33,18 @@ class CurrentDistillationPlugin(SupervisedPlugin):
         self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0, kd: KDReplayPlugin | None = None
     ) -> None:
         super().__init__()
+        if not _is_number(temperature):
+            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
         check_temperature(temperature)
-        if isinstance(alpha, Sequence):
-            alpha = tuple(float(a) for a in alpha)
+        if isinstance(alpha, Sequence) and not isinstance(alpha, str):
             if not alpha:
                 raise ValueError("alpha as a per-experience list must not be empty")
+            if not all(_is_number(a) for a in alpha):
+                raise ValueError(f"alpha must be a number >= 0 or one per experience, got {alpha!r}")
+            alpha = tuple(float(a) for a in alpha)
         for value in alpha if isinstance(alpha, tuple) else (alpha,):
+            if not _is_number(value):
+                raise ValueError(f"alpha must be a number >= 0, got {value!r}")
             if not value >= 0:
                 raise ValueError(f"alpha must be >= 0, got {value}")
         self.alpha = alpha
@@ -63,6 +70,9 @@ class CurrentDistillationPlugin(SupervisedPlugin):
         if self.own is not None:
             self.seen_classes = mark_seen_classes(self.seen_classes, strategy.experience)
             self.own.after_training_exp(strategy.model, self.seen_classes, None)
+
+    def before_forward(self, strategy, **kwargs) -> None:
+        add_task_column(strategy)
 
     def before_backward(self, strategy, **kwargs) -> None:
         teacher = self.teacher

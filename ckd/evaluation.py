@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
@@ -30,11 +31,16 @@ class DistillationMetrics(PluginMetric[dict]):
     ``teacher="cached"``/``"own"``, which keep logits instead of a model.
 
     Use: ``EvaluationPlugin(accuracy_metrics(experience=True), DistillationMetrics(kd), loggers=...)``
-    with ``kd`` also in the strategy's ``plugins``.
+    with ``kd`` also in the strategy's ``plugins`` (training refuses to start otherwise).
     """
 
     def __init__(self, distiller: Distiller) -> None:
         super().__init__()
+        if not isinstance(distiller, Distiller):
+            raise ValueError(
+                "DistillationMetrics needs the distillation plugin whose teacher it reports (a KDReplayPlugin or "
+                f"CurrentDistillationPlugin, also in the strategy's plugins), got {type(distiller).__name__}"
+            )
         self.distiller = distiller
         self._comparison: TeacherComparison | None = None
         self._last: dict[str, float] = {}
@@ -48,6 +54,11 @@ class DistillationMetrics(PluginMetric[dict]):
         return dict(self._last)
 
     def before_training_exp(self, strategy) -> None:
+        if not any(p is self.distiller for p in strategy.plugins):
+            raise ValueError(
+                f"DistillationMetrics reports the teacher of a {type(self.distiller).__name__} that is not among the "
+                "strategy's plugins, so it never has one: pass that same plugin object in plugins=[...]"
+            )
         self._distilled_from = self.distiller.teacher  # None during the first experience
         self._taught = strategy.experience.current_experience
 
@@ -59,7 +70,9 @@ class DistillationMetrics(PluginMetric[dict]):
     def after_eval_iteration(self, strategy) -> None:
         super().after_eval_iteration(strategy)
         if self._comparison is not None:
-            self._comparison.add(strategy.mb_output, strategy.mb_x, strategy.mb_task_id, strategy.mb_y)
+            y = strategy.mb_y
+            task = strategy.mbatch[2] if len(strategy.mbatch) > 2 else torch.zeros_like(y)  # (x, y): task 0
+            self._comparison.add(strategy.mb_output, strategy.mb_x, task, y)
 
     def after_eval_exp(self, strategy) -> list[MetricValue] | None:
         report = self._comparison.report() if self._comparison is not None else None

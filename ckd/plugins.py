@@ -9,24 +9,26 @@ logits (DER's term) next to the KL.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.models.dynamic_modules import MultiTaskModule
 from avalanche.models.utils import avalanche_forward
-from torch import Tensor
+from torch import Tensor, nn
 
 from ckd.buffer import ReplayBuffer, ReplaySample
-from ckd.config import KDReplayConfig, _as_tuple, per_experience
+from ckd.config import TEACHER_NAMES, KDReplayConfig, _as_tuple, per_experience
 from ckd.losses import logit_mse, replay_cross_entropy, soft_kl, weighted
-from ckd.teacher import CachedTeacher, EnsembleTeacher, FrozenModel, make_teacher
+from ckd.teacher import CachedTeacher, EnsembleTeacher, FrozenModel, TrainedTeacher, make_teacher
 
 __all__ = [
     "KDReplayConfig",
     "KDReplayPlugin",
     "LogitMatchingPlugin",
     "ReplayStep",
+    "add_task_column",
     "mark_seen_classes",
     "per_experience",
     "steps_in_experience",
@@ -43,12 +45,19 @@ def steps_in_experience(strategy) -> int:
     return -(-n // strategy.train_mb_size) * strategy.train_epochs
 
 
+def add_task_column(strategy) -> None:
+    """Give a minibatch of ``(x, y)`` samples (an Avalanche dataset without task labels)
+    the task label 0, as a third column, for every plugin and forward that reads it."""
+    if len(strategy.mbatch) < 3:
+        strategy.mbatch.append(torch.zeros_like(strategy.mbatch[1]))
+
+
 def mark_seen_classes(seen: Tensor, experience) -> Tensor:
     """bool ``(n_tasks, C)`` ``seen`` grown to include ``experience``'s task and classes."""
     task = int(experience.task_label) if hasattr(experience, "task_label") else 0
     classes = [int(c) for c in experience.classes_in_this_experience]
     n_tasks = max(seen.shape[0], task + 1)
-    n_classes = max(seen.shape[1], max(classes) + 1)
+    n_classes = max(seen.shape[1], max(classes, default=-1) + 1)  # an empty experience adds no class
     grown = torch.zeros(n_tasks, n_classes, dtype=torch.bool)
     grown[: seen.shape[0], : seen.shape[1]] = seen
     grown[task, classes] = True
@@ -81,13 +90,15 @@ class KDReplayPlugin(SupervisedPlugin):
     of them join the minibatch in the same forward pass, and the plugin adds
     ``alpha · soft_kl(student, teacher, T)`` plus ``beta · CE`` on those rows to
     ``strategy.loss``; the strategy's own criterion still sees only the current
-    samples. ``teacher`` is a teacher part (:mod:`ckd.teacher`) or its name; by
+    samples. ``teacher`` is a teacher part (:mod:`ckd.teacher`), its name, or a
+    trained ``nn.Module`` (kept frozen, :class:`ckd.teacher.TrainedTeacher`); by
     default the model frozen at the end of the latest experience, with every output
     as a target (soft targets are cut to the teacher's width when the head grew, and
     to the sample's own head on multi-head models).
 
     Construction is keyword-only: ``KDReplayPlugin(mem_size=200, temperature=4)``,
-    or ``KDReplayPlugin(config=KDReplayConfig(...), teacher=EMATeacher())``.
+    or ``KDReplayPlugin(config=KDReplayConfig(...), teacher=EMATeacher())``; ``config``
+    may also be a dict of the settings.
     ``replay`` holds the :class:`ReplayStep` of the current iteration (``None``
     when nothing was replayed), for other plugins to read.
 
@@ -100,13 +111,25 @@ class KDReplayPlugin(SupervisedPlugin):
         super().__init__()
         if config is not None and settings:
             raise ValueError("give either config= or settings, not both")
+        if isinstance(config, Mapping):
+            config, settings = None, dict(config)
+        if config is not None and not isinstance(config, KDReplayConfig):
+            raise ValueError(f"config must be a KDReplayConfig or a dict of its settings, got {type(config).__name__}")
         unknown = set(settings) - {f.name for f in fields(KDReplayConfig)}
         if unknown:
             allowed = ", ".join(f.name for f in fields(KDReplayConfig))
             raise TypeError(f"KDReplayPlugin has no setting {sorted(unknown)[0]!r} (settings: {allowed})")
         if isinstance(teacher, str):
             settings["teacher"] = teacher
+            config = replace(config, teacher=teacher) if config is not None else None
             teacher = None
+        elif isinstance(teacher, nn.Module):
+            teacher = TrainedTeacher(teacher)
+        elif teacher is not None and not callable(getattr(teacher, "soft_targets", None)):
+            raise ValueError(
+                f"teacher must be a teacher name {TEACHER_NAMES}, a teacher part (ckd.teacher) or a trained "
+                f"torch.nn.Module, got {type(teacher).__name__}"
+            )
         self.config = config if config is not None else KDReplayConfig(**settings)
         self.teacher_part = teacher if teacher is not None else make_teacher(self.config.teacher)
         if isinstance(self.teacher_part, EnsembleTeacher):
@@ -162,6 +185,7 @@ class KDReplayPlugin(SupervisedPlugin):
     # ------------------------------------------------------------- iteration
     def before_forward(self, strategy, **kwargs) -> None:
         self.replay = None
+        add_task_column(strategy)
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[2]
         self._current = (x, y, t)
         if self.buffer is None or self.buffer.is_empty or not self._replay_has_a_loss():
@@ -263,5 +287,5 @@ def _load(dataset, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
     for batch in loader:
         xs.append(batch[0])
         ys.append(batch[1])
-        ts.append(batch[2])
+        ts.append(batch[2] if len(batch) > 2 else torch.zeros_like(batch[1]))  # (x, y) samples: task 0
     return torch.cat(xs), torch.cat(ys), torch.cat(ts)

@@ -14,7 +14,8 @@ Offline teachers are frozen at the end of an experience (:class:`SnapshotTeacher
 :class:`EnsembleTeacher`) or keep the logits such a snapshot gave
 (:class:`CachedTeacher`, :class:`OwnExperienceTeacher`); the online
 :class:`EMATeacher` trains alongside the student as an exponential moving average
-of its weights. Nothing here imports Avalanche.
+of its weights; :class:`TrainedTeacher` is a model trained beforehand. Nothing
+here imports Avalanche.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "OwnExperienceTeacher",
     "SnapshotTeacher",
     "TeacherSet",
+    "TrainedTeacher",
     "decay_for_half_life",
     "default_forward",
     "make_teacher",
@@ -566,6 +568,45 @@ class EMATeacher(_Teacher):
     @property
     def nbytes(self) -> int:
         return self.weights.nbytes
+
+
+class TrainedTeacher(_Teacher):
+    """A model trained beforehand, given as ``KDReplayPlugin(teacher=model)``: a frozen copy
+    (``eval()`` mode, no gradients, queried under ``torch.inference_mode()``) that gives
+    every replayed row its targets from the first experience on, and never changes.
+    A multi-head model gives targets on the heads it was trained on."""
+
+    name = "trained"
+
+    def __init__(self, model: nn.Module) -> None:
+        self._given = copy.deepcopy(model).eval().requires_grad_(False)
+        self._model = FrozenModel(self._given, torch.ones(1, 1, dtype=torch.bool), copy_model=False)
+
+    def bind(self, forward: ForwardFn, multi_task: bool) -> None:
+        super().bind(forward, multi_task)
+        heads = sorted(getattr(self._given, "known_train_tasks_labels", None) or [0]) if multi_task else [0]
+        known = torch.zeros(max(heads) + 1, 1, dtype=torch.bool)
+        known[heads] = True
+        device = next(iter(self._given.parameters()), torch.empty(0)).device
+        self._model = FrozenModel(self._given, known, forward, multi_task, copy_model=False).to(device)
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def model(self) -> FrozenModel:
+        return self._model
+
+    def soft_targets(self, sample, x):
+        return self._model.logits(x, sample.task)
+
+    @property
+    def nbytes(self) -> int:
+        return self._model.nbytes
+
+    def to(self, device) -> None:
+        self._model.to(device)
 
 
 # Names as ckd.config.TEACHER_NAMES lists them.

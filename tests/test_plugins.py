@@ -1,9 +1,11 @@
 import gc
+import re
 import subprocess
 import sys
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from avalanche.core import SupervisedPlugin
@@ -12,6 +14,7 @@ from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LRSchedulerPlugin
 from torch import nn
 
+import user_scripts
 from ckd import KDReplayPlugin
 from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
 from ckd.plugins import KDReplayConfig, LogitMatchingPlugin
@@ -69,11 +72,79 @@ def _train(strategy, stream, experiences=None, seed=0):
         ({"teacher": "teacher-of-the-year"}, "teacher must be one of"),
         ({"alpha": [1.0, -0.5]}, "alpha must be >= 0, got -0.5"),
         ({"alpha": []}, "alpha as a per-experience list must not be empty"),
+        ({"temperature": "4"}, "temperature must be a number > 0, got '4'"),
+        ({"alpha": None}, "alpha must be a number >= 0, got None"),
+        ({"beta": "1"}, "beta must be a number >= 0, got '1'"),
+        ({"alpha": (1.0, "x")}, "alpha must be a number >= 0 or one per experience, got (1.0, 'x')"),
+        ({"config": 42}, "config must be a KDReplayConfig or a dict of its settings, got int"),
+        ({"teacher": 3}, "teacher must be a teacher name ('snapshot', 'cached', 'own', 'ensemble', 'ema'), "
+                         "a teacher part (ckd.teacher) or a trained torch.nn.Module, got int"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         KDReplayPlugin(**kwargs)
+
+
+def test_numpy_integers_and_a_dict_config_are_accepted():
+    kd = KDReplayPlugin(mem_size=np.int64(200), replay_batch_size=np.int32(16))
+    assert (kd.config.mem_size, kd.config.replay_batch_size) == (200, 16) and type(kd.config.mem_size) is int
+    assert KDReplayPlugin(config={"mem_size": 100, "temperature": 2.0}).config == KDReplayConfig(mem_size=100,
+                                                                                                 temperature=2.0)
+    assert KDReplayPlugin(config=KDReplayConfig(mem_size=100), teacher="ema").config.teacher == "ema"
+    with pytest.raises(TypeError, match="KDReplayPlugin has no setting 'tempreature'"):
+        KDReplayPlugin(config={"tempreature": 2.0})
+    with pytest.raises(ValueError, match="temperature must be a number > 0, got '4'"):
+        CurrentDistillationPlugin(temperature="4")
+    with pytest.raises(ValueError, match="alpha must be a number >= 0, got None"):
+        CurrentDistillationPlugin(alpha=None)
+
+
+class _RecordReplay(SupervisedPlugin):
+    """Whether each step of the first experience distilled, and from which targets."""
+
+    def __init__(self, kd):
+        super().__init__()
+        self.kd = kd
+        self.steps = []
+
+    def before_backward(self, strategy, **kwargs):
+        step = self.kd.replay
+        if step is not None and step.teacher_logits is not None:
+            self.steps.append((step.x, step.teacher_logits))
+
+
+def test_a_trained_model_is_a_frozen_teacher_from_the_first_experience():
+    benchmark = user_scripts.three_experiences()
+    teacher = user_scripts.net(seed=1)  # trained beforehand, on whatever the user had
+    before = [p.detach().clone() for p in teacher.parameters()]
+    kd = KDReplayPlugin(teacher=teacher, mem_size=50, replay_batch_size=8)
+    record = _RecordReplay(kd)
+    strategy = user_scripts.naive(user_scripts.net(), [kd, record])
+    strategy.train(benchmark.train_stream[0])
+    assert record.steps  # distilled as soon as the buffer held samples
+    with torch.no_grad():
+        for x, targets in record.steps:
+            assert torch.equal(targets, teacher(x))
+    strategy.train(benchmark.train_stream[1])
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # the user's model is untouched
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    frozen = kd.teacher.model
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen.parameters()))
+
+
+@pytest.mark.parametrize("teacher", ["snapshot", "ema", "ensemble", "cached"])
+def test_samples_without_task_labels_and_an_empty_experience_train(teacher):
+    benchmark = user_scripts.three_experiences(empty_second=True)
+    kd = KDReplayPlugin(teacher=teacher, mem_size=50, replay_batch_size=8, policy="class_balanced")
+    lwf = CurrentDistillationPlugin()
+    strategy = user_scripts.naive(user_scripts.net(), [kd, lwf])
+    for experience in benchmark.train_stream:
+        strategy.train(experience, shuffle=False)  # Avalanche's DataLoader cannot shuffle an empty experience
+    assert kd.seen_classes.tolist() == [[True, True, False, False, True, True]]
+    assert lwf.seen_classes.tolist() == kd.seen_classes.tolist() and lwf.teacher is not None
+    assert sorted(kd.buffer.y.unique().tolist()) == [0, 1, 4, 5]
 
 
 def test_construction_is_keyword_only_and_the_config_is_the_one_source_of_defaults():
