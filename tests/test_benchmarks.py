@@ -52,3 +52,21 @@ def test_der_table_shows_each_method_with_its_ema_and_its_trained_weights(tmp_pa
     header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
     assert cells[header.index("der++ ours")] == "93.00 ± 1.41 (2) / 91.00 ± 1.41 (2)"
     assert cells[header.index("er ours")] == "— / 88.00 ± 0.00 (1)"  # scored with its trained weights only
+
+
+def test_speed_cnn_times_each_method_in_both_precisions(tmp_path, capsys):
+    from archives import write_cifar10
+
+    speed_cnn = pytest.importorskip("speed_cnn")
+    write_cifar10(tmp_path, train_per_class=12, test_per_class=2)
+    out = tmp_path / "speed_cnn.json"
+    argv = ["--data-root", str(tmp_path), "--no-checksum", "--max-train", "20", "--max-test", "4",
+            "--repeats", "2", "--json", str(out)]
+    assert speed_cnn.main(argv) == 0
+    result = json.loads(out.read_text())
+    names = {f"{m}_{p}" for m in speed_cnn.METHODS for p in speed_cnn.PRECISIONS}
+    assert set(result["seconds_per_iteration"]) == names
+    assert all(len(v) == 2 for v in result["seconds_per_iteration_all"].values())
+    assert set(result["ratios"]) == set(speed_cnn.RATIOS) == set(result["ratios_paired"])
+    assert all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
+    assert set(result["run_estimate_s"]) == {"fp32", "bf16"}
