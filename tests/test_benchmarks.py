@@ -70,3 +70,19 @@ def test_speed_cnn_times_each_method_in_both_precisions(tmp_path, capsys):
     assert set(result["ratios"]) == set(speed_cnn.RATIOS) == set(result["ratios_paired"])
     assert all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
     assert set(result["run_estimate_s"]) == {"fp32", "bf16"}
+
+
+def test_the_pick_is_the_best_setting_and_scoring_of_each_method(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tuning"))
+    import pick
+
+    assert pick.split_label("seqmnist@200-er-ace-lr0.01-rb10") == ("seqmnist@200", "er-ace", "lr0.01-rb10")
+    assert pick.split_label("seqmnist@200-er-lr0.1-rb32") == ("seqmnist@200", "er", "lr0.1-rb32")
+    runs = [("er-ace-lr0.1", 0.70, 0.80), ("er-ace-lr0.01", 0.75, 0.76), ("kd-replay-lr0.1", 0.90, 0.85)]
+    for i, (setting, ema, trained) in enumerate(runs):
+        result = {"label": f"seqmnist@500-{setting}", "accuracy_matrix": [[ema]], "final_average_accuracy": ema,
+                  "trained_weights": {"final_average_accuracy": trained}}
+        (tmp_path / f"r{i}.json").write_text(json.dumps(result))
+    rows = [line for line in pick.markdown(str(tmp_path)).splitlines() if line.startswith("| seqmnist@500")]
+    assert "| er-ace | 2 | lr0.1, trained | 70.00 | 80.00 | lr0.01 trained (76.00) |" in rows[0]
+    assert "| kd-replay | 1 | lr0.1, ema | 90.00 | 85.00 | — |" in rows[1]
