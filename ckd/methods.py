@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LEGACY_KD_ARGS", "METHOD_DEFAULTS", "TrainSettings", "available_methods", "make_strategy", "resolve_method_args"]
+__all__ = ["LEGACY_KD_ARGS", "LEGACY_REPLAY_ARGS", "METHOD_DEFAULTS", "TrainSettings", "available_methods", "make_strategy", "resolve_method_args"]
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,9 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lwf": {"alpha": 1.0, "temperature": 2.0},
     "ewc": {"ewc_lambda": 100.0},
     "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
-    "der-authors": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.5},
-    "er-ace": {"mem_size": 500, "replay_batch_size": 10},
-    "er": {"mem_size": 500, "replay_batch_size": 10},
+    "der-authors": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.5, "joint_forward": False},
+    "er-ace": {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False},
+    "er": {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False},
     "kd-replay": dict(_KD),
     "kd-ema": {**_KD, "teacher": "ema"},
     "kd-feature": {**_KD, "feature_weight": 1.0, "feature_metric": "l2"},
@@ -94,6 +94,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Methods whose buffer is ckd's (seeded with the run's seed) outside the kd-* family.
 _CKD_BUFFER_METHODS = ("er", "er-ace", "der-authors")
+
+# What an er, er-ace or der-authors result written before the replayed rows had forward
+# passes of their own meant by a missing key (one pass for all rows): ``config_from_result``
+# fills it in.
+LEGACY_REPLAY_ARGS: dict[str, Any] = {"joint_forward": True}
 
 
 def available_methods() -> list[str]:
@@ -123,13 +128,12 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
 
     from ckd.replay import DarkExperienceReplayPlugin, ERACEPlugin, ExperienceReplayPlugin, OnlineReplayPlugin
 
-    if method == "er":
-        return [OnlineReplayPlugin(mem_size=args["mem_size"], replay_batch_size=args["replay_batch_size"], seed=args["seed"])]
-    if method == "er-ace":
-        return [ERACEPlugin(mem_size=args["mem_size"], replay_batch_size=args["replay_batch_size"], seed=args["seed"])]
+    if method in ("er", "er-ace"):
+        plugin = OnlineReplayPlugin if method == "er" else ERACEPlugin
+        return [plugin(**{k: args[k] for k in ("mem_size", "replay_batch_size", "seed", "joint_forward")})]
     if method == "der-authors":
         return [DarkExperienceReplayPlugin(
-            **{k: args[k] for k in ("mem_size", "replay_batch_size", "alpha", "beta", "seed")}
+            **{k: args[k] for k in ("mem_size", "replay_batch_size", "alpha", "beta", "seed", "joint_forward")}
         )]
     if method == "replay":
         if args["policy"] not in ("reservoir", "experience_balanced"):

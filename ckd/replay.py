@@ -10,9 +10,14 @@
 
 The last three keep one stream-wide reservoir (:class:`ckd.buffer.ReplayBuffer`) on the
 training device, offered every stream minibatch after the optimizer step, and replay
-from the first step at which it holds samples. The replayed rows join the minibatch in
-the strategy's one forward pass, so an augmentation or mixed-precision plugin sees them
-too; the strategy's own criterion sees the stream rows only.
+from the first step at which it holds samples. As in the authors' code (Caccia et al.'s
+AML, Buzzega et al.'s Mammoth), each draw runs in its own forward pass after the stream
+rows' (with BatchNorm, each pass normalises with its own rows' statistics), through the
+strategy's ``forward`` as plugins wrap it, so that augmentation and mixed precision apply
+to the replayed rows as to the stream rows; the losses are sums of per-pass means. The
+strategy's criterion and the other plugins see the stream rows only. ``joint_forward``
+instead appends the draws to the stream rows in one pass (the same losses), to measure
+what sharing the batch statistics does.
 """
 
 from __future__ import annotations
@@ -49,27 +54,31 @@ class Replayed:
 
 
 class _ReservoirReplay(SupervisedPlugin):
-    """What :class:`ERACEPlugin` and :class:`DarkExperienceReplayPlugin` share.
+    """What :class:`OnlineReplayPlugin`, :class:`ERACEPlugin` and :class:`DarkExperienceReplayPlugin` share.
 
-    A method draws from ``buffer`` in ``before_forward`` (:meth:`_join`, named draws),
+    A method draws from ``buffer`` in ``before_forward`` (:meth:`_draw`, named draws),
     finds them in ``replay`` (name: :class:`Replayed`) once the forward has run, adds
     its terms in ``before_backward``, and :meth:`_insert` offers the stream minibatch to
-    the reservoir after the optimizer step.
+    the reservoir after the optimizer step. ``joint_forward``: the draws' rows appended
+    to the stream rows in the strategy's one forward pass, rather than a pass of their own each.
     """
 
-    def __init__(self, mem_size: int, replay_batch_size: int, seed: int) -> None:
+    def __init__(self, mem_size: int, replay_batch_size: int, seed: int, joint_forward: bool) -> None:
         super().__init__()
         for name, value in (("mem_size", mem_size), ("replay_batch_size", replay_batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(joint_forward, bool):
+            raise ValueError(f"joint_forward must be true or false, got {joint_forward!r}")
         self.mem_size = mem_size
         self.replay_batch_size = replay_batch_size
         self.seed = seed
+        self.joint_forward = joint_forward
         self.buffer: ReplayBuffer | None = None
         self.replay: dict[str, Replayed] = {}
         self._draws: dict[str, ReplaySample] = {}
         self._current: tuple[Tensor, Tensor, Tensor] | None = None  # the stream rows, before augmentation
-        self._joined: tuple[Tensor, ...] | None = None  # the minibatch _join built
+        self._joined: tuple[Tensor, ...] | None = None  # the minibatch a joint forward was given
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         device = torch.device(strategy.device)
@@ -77,22 +86,37 @@ class _ReservoirReplay(SupervisedPlugin):
             self.buffer = ReplayBuffer(self.mem_size, "reservoir", device, self.seed)
         self.buffer.to(device)
 
-    def _join(self, strategy, draws: dict[str, ReplaySample]) -> None:
-        """Append the rows of ``draws`` to the stream minibatch, in order."""
+    def _draw(self, strategy, draws: dict[str, ReplaySample]) -> None:
+        """Keep the stream rows and ``draws`` for this step; with ``joint_forward``, append
+        the draws' rows to the stream minibatch, in order."""
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[2]
         self._current, self._draws, self.replay = (x, y, t), draws, {}
-        if not draws:
-            return
-        samples = draws.values()
-        strategy.mbatch[0] = torch.cat([x, *(s.x for s in samples)])
-        strategy.mbatch[1] = torch.cat([y, *(s.y.to(y.dtype) for s in samples)])
-        strategy.mbatch[2] = torch.cat([t, *(s.task.to(t.dtype) for s in samples)])
-        self._joined = tuple(strategy.mbatch[:3])
+        if self.joint_forward and draws:
+            rows = [_rows(s, y, t) for s in draws.values()]
+            strategy.mbatch[:3] = [torch.cat([part, *(r[i] for r in rows)]) for i, part in enumerate((x, y, t))]
+            self._joined = tuple(strategy.mbatch[:3])
 
     def after_forward(self, strategy, **kwargs) -> None:
-        """The strategy keeps the stream rows' inputs and outputs; ``replay`` gets the drawn rows'."""
+        """``replay`` gets each draw's outputs ``(R, C)``, from its own pass through the strategy's
+        forward after the stream rows' (or split from the joint pass); the strategy keeps the stream rows'."""
         if not self._draws:
             return
+        if self.joint_forward:
+            self._split(strategy)
+        else:
+            self.replay = {name: Replayed(s, self._forward(strategy, s)) for name, s in self._draws.items()}
+
+    def _forward(self, strategy, sample: ReplaySample) -> Tensor:
+        """``strategy.forward()`` with ``sample``'s rows as the minibatch, through the wrappers
+        plugins put on it (augmentation, autocast); the stream minibatch is put back after."""
+        stream = strategy.mbatch
+        strategy.mbatch = list(_rows(sample, stream[1], stream[2]))
+        try:
+            return strategy.forward()
+        finally:
+            strategy.mbatch = stream
+
+    def _split(self, strategy) -> None:
         n = self._current[0].shape[0]
         out = strategy.mb_output
         parts = out[n:].split([s.x.shape[0] for s in self._draws.values()])
@@ -115,57 +139,54 @@ class _ReservoirReplay(SupervisedPlugin):
 
 class OnlineReplayPlugin(_ReservoirReplay):
     """Experience replay as the online papers run it (Chaudhry et al., "On Tiny Episodic
-    Memories in Continual Learning", 2019; ER in ER-ACE, Mammoth): a reservoir offered
-    every stream minibatch, ``replay_batch_size`` rows drawn every step once it holds
-    samples (the experience being learned included), one cross-entropy over the stream
-    and replayed rows together: ``(B·CE(stream) + R·CE(replayed)) / (B + R)``.
+    Memories in Continual Learning", 2019; ER in ER-ACE's code, Mammoth): a reservoir
+    offered every stream minibatch, ``replay_batch_size`` rows drawn every step once it
+    holds samples (the experience being learned included), forwarded after the stream
+    rows in a pass of their own; the loss is ``CE(stream) + CE(replayed)``, a sum of two
+    means, as ER in the ER-ACE authors' code.
 
     Avalanche's ``ReplayPlugin`` (method ``replay``) instead fills its buffer when an
     experience ends and replays only earlier experiences.
     """
 
-    def __init__(self, *, mem_size: int = 500, replay_batch_size: int = 10, seed: int = 0) -> None:
-        super().__init__(mem_size, replay_batch_size, seed)
+    def __init__(
+        self, *, mem_size: int = 500, replay_batch_size: int = 10, seed: int = 0, joint_forward: bool = False
+    ) -> None:
+        super().__init__(mem_size, replay_batch_size, seed, joint_forward)
 
     def before_forward(self, strategy, **kwargs) -> None:
-        self._join(strategy, {} if self.buffer.is_empty else {"ce": self.buffer.sample(self.replay_batch_size)})
+        self._draw(strategy, {} if self.buffer.is_empty else {"ce": self.buffer.sample(self.replay_batch_size)})
 
     def before_backward(self, strategy, **kwargs) -> None:
         replayed = self.replay.get("ce")
         if replayed is not None:
-            n, r = strategy.mb_output.shape[0], replayed.logits.shape[0]
-            strategy.loss = (n * strategy.loss + r * replay_cross_entropy(replayed.logits, replayed.sample.y)) / (n + r)
+            strategy.loss += replay_cross_entropy(replayed.logits, replayed.sample.y)
 
 
-class ERACEPlugin(_ReservoirReplay):
+class ERACEPlugin(OnlineReplayPlugin):
     """ER-ACE (Caccia et al., ICLR 2022): experience replay whose cross-entropy on the
     incoming minibatch leaves out the classes met before that the minibatch does not
     hold (:func:`ckd.losses.asymmetric_logits`), so that learning new classes does not
     push the old ones down, while the replayed rows' cross-entropy covers every output.
 
     Each step, once the buffer holds samples, ``replay_batch_size`` of its rows are
-    drawn and the loss is ``CE(incoming, over its classes and those not met yet)
-    + CE(replayed, over every class)``. As in the authors' code, nothing waits for an
-    experience boundary: the classes met are those of the incoming rows so far.
+    drawn and forwarded in a pass of their own, and the loss is ``CE(incoming, over its
+    classes and those not met yet) + CE(replayed, over every class)``. As in the
+    authors' code, nothing waits for an experience boundary: the classes met are those
+    of the incoming rows so far.
     """
 
-    def __init__(self, *, mem_size: int = 500, replay_batch_size: int = 10, seed: int = 0) -> None:
-        super().__init__(mem_size, replay_batch_size, seed)
+    def __init__(
+        self, *, mem_size: int = 500, replay_batch_size: int = 10, seed: int = 0, joint_forward: bool = False
+    ) -> None:
+        super().__init__(mem_size=mem_size, replay_batch_size=replay_batch_size, seed=seed, joint_forward=joint_forward)
         self.seen_classes: Tensor | None = None  # bool (C,)
-
-    def before_forward(self, strategy, **kwargs) -> None:
-        self._join(strategy, {} if self.buffer.is_empty else {"ce": self.buffer.sample(self.replay_batch_size)})
 
     def after_forward(self, strategy, **kwargs) -> None:
         super().after_forward(strategy)
         out, y = strategy.mb_output, strategy.mbatch[1]
         self.seen_classes = _padded(self.seen_classes, out.shape[1], out.device).index_fill_(0, y, True)
         strategy.mb_output = asymmetric_logits(out, y, self.seen_classes[: out.shape[1]])
-
-    def before_backward(self, strategy, **kwargs) -> None:
-        replayed = self.replay.get("ce")
-        if replayed is not None:
-            strategy.loss += replay_cross_entropy(replayed.logits, replayed.sample.y)
 
 
 class DarkExperienceReplayPlugin(_ReservoirReplay):
@@ -174,23 +195,30 @@ class DarkExperienceReplayPlugin(_ReservoirReplay):
     to the reservoir, and both terms start as soon as the buffer holds samples, within
     the first experience.
 
-    Each step, once the buffer holds samples: ``alpha · MSE(z(x_a), z_a)`` on
-    ``replay_batch_size`` rows drawn with their stored logits, and ``beta · CE(z(x_b), y_b)``
-    on a second, independent draw (DER++; ``beta = 0`` is DER). After the optimizer step
-    the reservoir is offered the stream minibatch as it was before augmentation, with
-    the outputs of that step's forward.
+    Each step, once the buffer holds samples, the loss is ``CE(stream) + alpha · MSE(z(x_a), z_a)
+    + beta · CE(z(x_b), y_b)``: ``(x_a, z_a)``, ``replay_batch_size`` rows drawn with their
+    stored logits, and ``(x_b, y_b)`` a second, independent draw (DER++; ``beta = 0`` is
+    DER, and draws once). After the optimizer step the reservoir is offered the stream
+    minibatch as it was before augmentation, with the outputs of that step's stream forward.
 
     Avalanche's ``DER`` (method ``der``) stores the logits of each experience's final
     model when the experience ends and starts its terms at the second experience; at
     the paper's learning rate that diverges on Permuted-MNIST (benchmarks/der_domain_il.md).
-    The stream rows and both draws share one forward pass (the authors' code runs three:
-    with BatchNorm, the batch statistics differ).
+    The stream rows and each draw run in forward passes of their own, in that order, as
+    in the authors' code.
     """
 
     def __init__(
-        self, *, mem_size: int = 500, replay_batch_size: int = 10, alpha: float = 1.0, beta: float = 0.5, seed: int = 0
+        self,
+        *,
+        mem_size: int = 500,
+        replay_batch_size: int = 10,
+        alpha: float = 1.0,
+        beta: float = 0.5,
+        seed: int = 0,
+        joint_forward: bool = False,
     ) -> None:
-        super().__init__(mem_size, replay_batch_size, seed)
+        super().__init__(mem_size, replay_batch_size, seed, joint_forward)
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -205,7 +233,7 @@ class DarkExperienceReplayPlugin(_ReservoirReplay):
                 draws["mse"] = self.buffer.sample(self.replay_batch_size)
             if self.beta > 0:  # a second, independent draw
                 draws["ce"] = self.buffer.sample(self.replay_batch_size)
-        self._join(strategy, draws)
+        self._draw(strategy, draws)
 
     def after_forward(self, strategy, **kwargs) -> None:
         super().after_forward(strategy)
@@ -222,6 +250,11 @@ class DarkExperienceReplayPlugin(_ReservoirReplay):
     def _insert(self, strategy) -> None:
         self.buffer.reservoir_add(*self._current, strategy.experience.current_experience, logits=self._step_logits)
         self._step_logits = None
+
+
+def _rows(sample: ReplaySample, y: Tensor, task: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``sample``'s ``(x, y, task)``, its labels in the dtypes of the stream's ``y`` and ``task``."""
+    return sample.x, sample.y.to(y.dtype), sample.task.to(task.dtype)
 
 
 def _padded(seen: Tensor | None, width: int, device: torch.device) -> Tensor:

@@ -198,7 +198,7 @@ class RunConfig:
 
 def config_from_result(result: dict[str, Any], **overrides: Any) -> RunConfig:
     """The :class:`RunConfig` a result JSON was produced with (``overrides`` replace fields)."""
-    from ckd.methods import LEGACY_KD_ARGS, METHOD_DEFAULTS
+    from ckd.methods import LEGACY_KD_ARGS, LEGACY_REPLAY_ARGS, METHOD_DEFAULTS
 
     known = {f.name for f in fields(RunConfig)}
     values = {k: v for k, v in result["config"].items() if k in known}
@@ -207,6 +207,9 @@ def config_from_result(result: dict[str, Any], **overrides: Any) -> RunConfig:
         # Results written before every setting was recorded: a missing key meant the old default.
         legacy = {k: v for k, v in LEGACY_KD_ARGS.items() if k in METHOD_DEFAULTS.get(method, {})}
         values["method_args"] = {**legacy, **values["method_args"]}
+    if "method_args" in values:  # er, er-ace, der-authors: written when all rows shared one forward pass
+        joint = {k: v for k, v in LEGACY_REPLAY_ARGS.items() if k in METHOD_DEFAULTS.get(method, {})}
+        values["method_args"] = {**joint, **values["method_args"]}
     # Written when EMA scoring was a kd-* method setting, or before it existed (off).
     method_ema = dict(values.get("method_args", {})).pop("eval_ema_half_life", 0.0)
     if "method_args" in values:

@@ -19,10 +19,12 @@ def _strategy() -> SimpleNamespace:
 
 def _step(plugin, strategy, x, y, forward=lambda x: x) -> torch.Tensor:
     """One training step's hooks in Avalanche's order; the strategy's criterion is a
-    plain CE on ``strategy.mb_output``. ``forward`` stands for the model. Returns the loss."""
+    plain CE on ``strategy.mb_output``. ``forward`` stands for the model: the strategy's
+    ``forward()`` is ``forward(strategy.mbatch[0])``. Returns the loss."""
     strategy.mbatch = [x, y, torch.zeros_like(y)]
+    strategy.forward = lambda: forward(strategy.mbatch[0])
     plugin.before_forward(strategy)
-    strategy.mb_output = forward(strategy.mbatch[0])
+    strategy.mb_output = strategy.forward()
     plugin.after_forward(strategy)
     strategy.loss = F.cross_entropy(strategy.mb_output, strategy.mbatch[1])
     plugin.before_backward(strategy)
@@ -38,8 +40,9 @@ def _ce(z: list[float], label: int, classes: list[int]) -> float:
 # ------------------------------------------------------------------------- ER
 
 
-def test_er_loss_is_one_cross_entropy_over_the_stream_and_replayed_rows():
-    plugin = OnlineReplayPlugin(mem_size=2, replay_batch_size=2)
+@pytest.mark.parametrize("joint_forward", [False, True])
+def test_er_loss_is_the_stream_rows_ce_plus_the_replayed_rows_ce(joint_forward):
+    plugin = OnlineReplayPlugin(mem_size=2, replay_batch_size=2, joint_forward=joint_forward)
     strategy = _strategy()
     plugin.before_training_exp(strategy)
     old_x, old_y = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.0, 1.5, 0.5, 1.0]]), torch.tensor([0, 1])
@@ -47,18 +50,21 @@ def test_er_loss_is_one_cross_entropy_over_the_stream_and_replayed_rows():
     assert float(first) == pytest.approx((_ce(old_x[0].tolist(), 0, range(4)) + _ce(old_x[1].tolist(), 1, range(4))) / 2)
     new_x, new_y = torch.tensor([[3.0, 2.0, 1.0, 0.5], [1.0, 4.0, 0.0, -2.0], [0.0, 0.0, 2.0, 0.0]]), torch.tensor([2, 3, 2])
     second = _step(plugin, strategy, new_x, new_y)
-    # The mean over the 3 stream rows and the 2 replayed rows (the whole buffer), every class each.
-    rows = [*zip(new_x.tolist(), new_y.tolist()), *zip(old_x.tolist(), old_y.tolist())]
-    assert float(second) == pytest.approx(sum(_ce(z, c, range(4)) for z, c in rows) / 5)
+    # The mean over the 3 stream rows plus the mean over the 2 replayed rows (the whole
+    # buffer), every class each, as ER in the ER-ACE authors' code.
+    stream = sum(_ce(z, c, range(4)) for z, c in zip(new_x.tolist(), new_y.tolist())) / 3
+    replayed = sum(_ce(z, c, range(4)) for z, c in zip(old_x.tolist(), old_y.tolist())) / 2
+    assert float(second) == pytest.approx(stream + replayed)
     assert len(plugin.buffer) == 2
 
 
 # --------------------------------------------------------------------- ER-ACE
 
 
-def test_er_ace_loss_masks_absent_old_classes_for_the_incoming_rows_only():
+@pytest.mark.parametrize("joint_forward", [False, True])
+def test_er_ace_loss_masks_absent_old_classes_for_the_incoming_rows_only(joint_forward):
     # The "model" is the identity: each row's inputs are its logits over 4 classes.
-    plugin = ERACEPlugin(mem_size=2, replay_batch_size=2)
+    plugin = ERACEPlugin(mem_size=2, replay_batch_size=2, joint_forward=joint_forward)
     strategy = _strategy()
     plugin.before_training_exp(strategy)
     old_x, old_y = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.0, 1.5, 0.5, 1.0]]), torch.tensor([0, 1])
@@ -94,8 +100,9 @@ def test_er_ace_the_criterion_sees_the_stream_rows_and_the_buffer_keeps_them_unm
 # ------------------------------------------------------------------------- DER
 
 
-def test_der_loss_is_alpha_mse_to_the_stored_logits_plus_beta_ce_on_a_second_draw():
-    plugin = DarkExperienceReplayPlugin(mem_size=4, replay_batch_size=2, alpha=0.3, beta=0.5)
+@pytest.mark.parametrize("joint_forward", [False, True])
+def test_der_loss_is_alpha_mse_to_the_stored_logits_plus_beta_ce_on_a_second_draw(joint_forward):
+    plugin = DarkExperienceReplayPlugin(mem_size=4, replay_batch_size=2, alpha=0.3, beta=0.5, joint_forward=joint_forward)
     strategy = _strategy()
     plugin.before_training_exp(strategy)
     x1, y1 = torch.tensor([[1.0, -1.0, 0.5], [0.0, 2.0, -0.5]]), torch.tensor([0, 1])
@@ -120,11 +127,13 @@ def test_der_with_beta_zero_draws_once_and_alpha_zero_is_replay_of_labels():
         plugin = DarkExperienceReplayPlugin(mem_size=8, replay_batch_size=2, alpha=alpha, beta=beta)
         plugin.before_training_exp(strategy)
         _step(plugin, strategy, x, y)
+        calls = []  # the rows of each forward
         strategy.mbatch = [x, y, torch.zeros_like(y)]
+        strategy.forward = lambda calls=calls: calls.append(strategy.mbatch[0].shape[0]) or strategy.mbatch[0]
         plugin.before_forward(strategy)
-        assert strategy.mbatch[0].shape[0] == 4 + 2
-        strategy.mb_output = strategy.mbatch[0]
+        strategy.mb_output = strategy.forward()
         plugin.after_forward(strategy)
+        assert calls == [4, 2]  # the stream rows, then the one draw
         assert list(plugin.replay) == draws and plugin.replay[draws[0]].logits.shape == (2, 3)
 
 
@@ -189,21 +198,33 @@ def test_der_authors_stores_each_steps_logits_and_distils_from_the_first_experie
 # ------------------------------------------------------------------ methods
 
 
-@pytest.mark.parametrize("method, plugin, settings", [
-    ("er", OnlineReplayPlugin, {"mem_size": 500, "replay_batch_size": 10}),
-    ("er-ace", ERACEPlugin, {"mem_size": 500, "replay_batch_size": 10}),
-    ("der-authors", DarkExperienceReplayPlugin, {"mem_size": 500, "replay_batch_size": 10, "alpha": 0.3, "beta": 0.5}),
+@pytest.mark.parametrize("method, plugin, overrides, settings", [
+    ("er", OnlineReplayPlugin, {}, {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False}),
+    ("er-ace", ERACEPlugin, {}, {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False}),
+    ("er-ace", ERACEPlugin, {"joint_forward": True}, {"mem_size": 500, "replay_batch_size": 10, "joint_forward": True}),
+    ("der-authors", DarkExperienceReplayPlugin, {"alpha": 0.3},
+     {"mem_size": 500, "replay_batch_size": 10, "alpha": 0.3, "beta": 0.5, "joint_forward": False}),
 ])
-def test_methods_build_their_plugin_with_their_settings_and_the_runs_seed(method, plugin, settings):
+def test_methods_build_their_plugin_with_their_settings_and_the_runs_seed(method, plugin, overrides, settings):
     from torch import nn
 
     from ckd.methods import TrainSettings, make_strategy, resolve_method_args
 
-    args = resolve_method_args(method, {"alpha": 0.3} if method == "der-authors" else {})
+    args = resolve_method_args(method, overrides)
     strategy = make_strategy(method, nn.Linear(4, 3), TrainSettings(0.1, 10, 1, 100, "cpu"), args, seed=7)
     [built] = [p for p in strategy.plugins if type(p).__module__.startswith("ckd")]
     assert type(built) is plugin and built.seed == 7
     assert {key: getattr(built, key) for key in settings} == settings
+
+
+@pytest.mark.parametrize("method", ["er", "er-ace", "der-authors"])
+def test_results_written_before_the_separate_forwards_read_as_one_joint_forward(method):
+    from ckd.runner import config_from_result
+
+    written = RunConfig("split-digits", method, seed=0).resolved()
+    del written["method_args"]["joint_forward"]  # as every such result written before the setting existed
+    assert config_from_result({"config": written}).method_args["joint_forward"] is True
+    assert RunConfig("split-digits", method, seed=0).resolved()["method_args"]["joint_forward"] is False
 
 
 # ----------------------------------------------------------- against naive
@@ -235,11 +256,29 @@ class _Loaders(SupervisedPlugin):
         self.names.append(type(strategy.dataloader).__name__)
 
 
-@pytest.mark.parametrize("method", ["er-ace", "der-authors"])
-def test_composes_with_augmentation_mixed_precision_and_ema_evaluation(tmp_path, method):
-    """The replayed rows are augmented and run in bf16 with the stream rows; the buffer
-    keeps the images as they came, and an EMA evaluation plugin appended by the runner
-    still sees every step."""
+class _StreamRows(SupervisedPlugin):
+    """Placed after the replay plugin: the rows of ``mbatch`` (inputs, labels) and ``mb_output``
+    that later plugins see after the forward and before the backward, and the inputs then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, int, int]] = []
+        self.inputs: list[torch.Tensor] = []
+
+    def after_forward(self, strategy, **kwargs):
+        self.rows.append((strategy.mb_x.shape[0], strategy.mb_y.shape[0], strategy.mb_output.shape[0]))
+        self.inputs.append(strategy.mb_x)
+
+    def before_backward(self, strategy, **kwargs):
+        self.rows.append((strategy.mb_x.shape[0], strategy.mb_y.shape[0], strategy.mb_output.shape[0]))
+
+
+@pytest.mark.parametrize("method", ["er", "er-ace", "der-authors"])
+def test_replayed_rows_pass_through_the_strategys_forward_wrappers(tmp_path, method):
+    """Each draw runs through the strategy's forward as the augmentation and mixed-precision
+    plugins wrap it, in a pass of its own after the stream rows': augmented, under bf16
+    autocast. The buffer keeps the images as they came; later plugins see the stream rows
+    only; an EMA evaluation plugin appended by the runner still sees every step."""
     from torch import nn
 
     from archives import write_cifar10
@@ -258,8 +297,8 @@ def test_composes_with_augmentation_mixed_precision_and_ema_evaluation(tmp_path,
     model[1].register_forward_pre_hook(
         lambda module, args: seen.append((args[0], torch.is_autocast_enabled("cpu"))) if module.training else None
     )
-    ema, loaders = EMAEvaluationPlugin(half_life=0.5), _Loaders()
-    extra = [AugmentationPlugin(stream.augmentation), MixedPrecisionPlugin("bf16", "cpu"), ema, loaders]
+    ema, loaders, later = EMAEvaluationPlugin(half_life=0.5), _Loaders(), _StreamRows()
+    extra = [AugmentationPlugin(stream.augmentation), MixedPrecisionPlugin("bf16", "cpu"), ema, loaders, later]
     args = resolve_method_args(method, {"mem_size": 24, "replay_batch_size": 6})
     strategy = make_strategy(method, model, TrainSettings(0.01, 8, 1, 100, "cpu"), args, seed=0,
                              extra_plugins=extra, fast=True)
@@ -267,16 +306,77 @@ def test_composes_with_augmentation_mixed_precision_and_ema_evaluation(tmp_path,
         warnings.simplefilter("ignore")
         for experience in stream.benchmark.train_stream[:2]:
             strategy.train(experience)
-    replay = next(p for p in strategy.plugins if isinstance(p, (ERACEPlugin, DarkExperienceReplayPlugin)))
+    replay = next(p for p in strategy.plugins if isinstance(p, (OnlineReplayPlugin, DarkExperienceReplayPlugin)))
     draws = 2 if method == "der-authors" else 1
-    joined = [x for x, _ in seen if x.shape[0] == 8 + draws * 6]
-    assert len(joined) == len(seen) - 1  # every step but the first replays
+    # 4 steps of 8 stream rows; every step but the first then forwards each draw of 6 rows alone.
+    assert [x.shape[0] for x, _ in seen] == [8] + ([8] + [6] * draws) * 3
     assert all(autocast for _, autocast in seen)
     images = torch.cat([dataset_tensors(e.dataset)[0] for e in stream.benchmark.train_stream[:2]]).flatten(1)
+
     def is_an_image(rows: torch.Tensor) -> torch.Tensor:
         return (rows.flatten(1)[:, None] == images[None]).all(dim=2).any(dim=1)
 
     assert bool(is_an_image(replay.buffer.x).all())  # the images as they came
-    assert not bool(is_an_image(joined[-1][8:]).all())  # the replayed rows' augmented views
+    assert not bool(is_an_image(seen[-1][0]).all())  # a draw's augmented views
+    assert all(rows == (8, 8, 8) for rows in later.rows)  # the stream rows, after the forward and at the loss
+    stream_passes = [x for x, _ in seen if x.shape[0] == 8]
+    assert all(torch.equal(x.flatten(1), s) for x, s in zip(later.inputs, stream_passes))  # as the forward saw them
     assert evaluation_model(strategy)[1] == "ema" and ema.weights.model is not None
     assert set(loaders.names) == {"TensorBatches"}  # no DataLoader on the tensor path
+
+
+# ---------------------------------------------------------------- batch norm
+
+
+def _bn_mlp(batch_norm: bool) -> torch.nn.Module:
+    from torch import nn
+
+    norm = [nn.BatchNorm1d(16)] if batch_norm else []
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), *norm, nn.ReLU(), nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("method", ["er-ace", "der-authors"])
+def test_batch_norm_normalises_the_stream_rows_alone_then_each_draw_alone(method, fast):
+    from ckd.methods import TrainSettings, make_strategy, resolve_method_args
+    from ckd.streams import make_stream
+
+    stream = make_stream("split-digits", seed=0, max_train_per_experience=40)
+    sizes: dict[bool, list[int]] = {}
+    for joint in (False, True):
+        torch.manual_seed(0)
+        model, sizes[joint] = _bn_mlp(batch_norm=True), []
+        model[2].register_forward_pre_hook(lambda m, args, s=sizes[joint]: s.append(args[0].shape[0]) if m.training else None)
+        args = resolve_method_args(method, {"mem_size": 50, "replay_batch_size": 4, "joint_forward": joint})
+        strategy = make_strategy(method, model, TrainSettings(0.05, 10, 1, 100, "cpu"), args, fast=fast)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for experience in stream.benchmark.train_stream[:2]:
+                strategy.train(experience)
+    draws = 2 if method == "der-authors" else 1
+    # 8 steps of 10 stream rows: the batch statistics of the stream pass are those of
+    # the 10 stream rows, each draw's those of its own 4 rows.
+    assert sizes[False] == [10] + ([10] + [4] * draws) * 7
+    assert sizes[True] == [10] + [10 + 4 * draws] * 7  # joint_forward: one pass, shared statistics
+
+
+@pytest.mark.parametrize("make", [
+    lambda joint: OnlineReplayPlugin(mem_size=16, replay_batch_size=5, joint_forward=joint),
+    lambda joint: ERACEPlugin(mem_size=16, replay_batch_size=5, joint_forward=joint),
+    lambda joint: DarkExperienceReplayPlugin(mem_size=16, replay_batch_size=5, alpha=0.3, joint_forward=joint),
+], ids=["er", "er-ace", "der-authors"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_joint_forward_changes_the_loss_only_through_batch_norm(make, batch_norm):
+    torch.manual_seed(0)
+    model = _bn_mlp(batch_norm)
+    x, y = torch.randn(3, 8, 64), torch.randint(0, 10, (3, 8))
+    losses = {}
+    for joint in (False, True):
+        plugin, strategy = make(joint), _strategy()
+        plugin.before_training_exp(strategy)
+        losses[joint] = torch.stack([_step(plugin, strategy, x[i], y[i], forward=model) for i in range(3)])
+    assert torch.equal(losses[False][0], losses[True][0])  # nothing replayed yet
+    if batch_norm:
+        assert not torch.allclose(losses[False][1:], losses[True][1:], rtol=1e-3, atol=0)
+    else:
+        torch.testing.assert_close(losses[False], losses[True])
