@@ -66,3 +66,11 @@ class MixedPrecisionPlugin(SupervisedPlugin):
                 scaler.update()
 
             strategy.backward, strategy.optimizer_step = scaled_backward, scaled_step
+
+    def state_dict(self) -> dict:
+        """The fp16 loss scale (``None`` in bf16)."""
+        return {"scaler": None if self.scaler is None else self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])

@@ -42,3 +42,9 @@ class WeightAligningPlugin(SupervisedPlugin):
         new = [c for c in classes if c not in self.seen]
         self.gammas.append(align_weights(last_linear(strategy.model, "weight aligning"), list(self.seen), new))
         self.seen = sorted(set(self.seen) | set(new))
+
+    def state_dict(self) -> dict:
+        return {"seen": list(self.seen), "gammas": list(self.gammas)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen, self.gammas = list(state["seen"]), list(state["gammas"])

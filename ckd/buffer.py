@@ -298,6 +298,7 @@ class ReplayBuffer:
         return {
             "mem_size": self.mem_size,
             "policy": self.policy,
+            "device": str(self.device),
             "seed": self.seed,
             "size": self.size,
             "seen": self.seen,

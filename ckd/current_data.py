@@ -74,6 +74,16 @@ class CurrentDistillationPlugin(SupervisedPlugin):
     def before_forward(self, strategy, **kwargs) -> None:
         add_task_column(strategy)
 
+    def state_dict(self) -> dict:
+        """What the plugin keeps between experiences: its own snapshot (none when it shares
+        ``kd``'s teacher) and the classes seen."""
+        return {"own": None if self.own is None else self.own.state_dict(), "seen_classes": self.seen_classes}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.own is not None:
+            self.own.load_state_dict(state["own"])
+        self.seen_classes = state["seen_classes"]
+
     def before_backward(self, strategy, **kwargs) -> None:
         teacher = self.teacher
         if self._alpha == 0 or teacher is None:
@@ -96,6 +106,12 @@ class AsymmetricCrossEntropyPlugin(SupervisedPlugin):
         self._classes: Tensor | None = None
         self._masks: dict[int, Tensor] = {}
         self._active = False
+
+    def state_dict(self) -> dict:  # set anew each experience
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         self._active = strategy.experience.current_experience > 0

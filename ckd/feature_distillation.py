@@ -107,6 +107,12 @@ class _ReplayFeaturePlugin(SupervisedPlugin):
     def term(self, student: Tensor, teacher: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def state_dict(self) -> dict:  # the teacher is the KDReplayPlugin's
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_capture"], state["_student_features"] = None, {}

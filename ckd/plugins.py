@@ -18,6 +18,7 @@ from avalanche.models.dynamic_modules import MultiTaskModule
 from avalanche.models.utils import avalanche_forward
 from torch import Tensor, nn
 
+import ckd.checkpoint  # noqa: F401  (Avalanche's save_checkpoint then pickles torch's optimizers)
 from ckd.buffer import ReplayBuffer, ReplaySample
 from ckd.config import TEACHER_NAMES, KDReplayConfig, _as_tuple, per_experience
 from ckd.losses import logit_mse, replay_cross_entropy, soft_kl, weighted
@@ -104,7 +105,7 @@ class KDReplayPlugin(SupervisedPlugin):
 
     A non-finite distillation loss raises ``FloatingPointError`` at the end of
     the epoch in which it happened (checked once per epoch to keep the training
-    step free of host-device syncs).
+    step free of host-device syncs). ``state_dict()`` is what it keeps between experiences.
     """
 
     def __init__(self, *, config: KDReplayConfig | None = None, teacher=None, **settings) -> None:
@@ -243,6 +244,24 @@ class KDReplayPlugin(SupervisedPlugin):
             "teachers": self.teacher_part.nbytes,
         }
 
+    def state_dict(self) -> dict:
+        """What the plugin keeps between experiences: the buffer (tensors and generator),
+        the teacher part's state and the classes seen."""
+        return {
+            "buffer": None if self.buffer is None else self.buffer.state_dict(),
+            "teacher": self.teacher_part.state_dict(),
+            "seen_classes": self.seen_classes,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        buffer = state["buffer"]
+        self.buffer = None
+        if buffer is not None:
+            self.buffer = ReplayBuffer(self.config.mem_size, self.config.policy, buffer["device"], self.config.seed)
+            self.buffer.load_state_dict(buffer)
+        self.teacher_part.load_state_dict(state["teacher"])
+        self.seen_classes = state["seen_classes"]
+
     # --------------------------------------------------------------- helpers
     def _replay_has_a_loss(self) -> bool:
         return self.config.beta > 0 or (self._alpha > 0 and self.teacher_part.ready)
@@ -278,6 +297,12 @@ class LogitMatchingPlugin(SupervisedPlugin):
         if step is None or step.teacher_logits is None or self.weight == 0:
             return
         strategy.loss += self.weight * logit_mse(step.student_logits, step.teacher_logits, step.teacher_mask)
+
+    def state_dict(self) -> dict:  # the targets are kd's
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def _load(dataset, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:

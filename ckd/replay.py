@@ -44,6 +44,14 @@ class ExperienceReplayPlugin(ReplayPlugin):
     def after_training_exp(self, strategy, **kwargs) -> None:
         self.storage_policy.post_adapt(strategy, strategy.experience)
 
+    def state_dict(self) -> dict:
+        """The storage policy, its datasets subsets of the stream's (a checkpoint writes
+        them as references to the stream's data, :func:`ckd.checkpoint.write_checkpoint`)."""
+        return {"storage_policy": self.storage_policy}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.storage_policy = state["storage_policy"]
+
 
 @dataclass
 class Replayed:
@@ -136,6 +144,17 @@ class _ReservoirReplay(SupervisedPlugin):
     def _insert(self, strategy) -> None:
         self.buffer.reservoir_add(*self._current, strategy.experience.current_experience)
 
+    def state_dict(self) -> dict:
+        """What the plugin keeps between experiences: the buffer (tensors and generator)."""
+        return {"buffer": None if self.buffer is None else self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        buffer = state["buffer"]
+        self.buffer = None
+        if buffer is not None:
+            self.buffer = ReplayBuffer(self.mem_size, "reservoir", buffer["device"], self.seed)
+            self.buffer.load_state_dict(buffer)
+
 
 class OnlineReplayPlugin(_ReservoirReplay):
     """Experience replay as the online papers run it (Chaudhry et al., "On Tiny Episodic
@@ -187,6 +206,13 @@ class ERACEPlugin(OnlineReplayPlugin):
         out, y = strategy.mb_output, strategy.mbatch[1]
         self.seen_classes = _padded(self.seen_classes, out.shape[1], out.device).index_fill_(0, y, True)
         strategy.mb_output = asymmetric_logits(out, y, self.seen_classes[: out.shape[1]])
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "seen_classes": self.seen_classes}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.seen_classes = state["seen_classes"]
 
 
 class DarkExperienceReplayPlugin(_ReservoirReplay):

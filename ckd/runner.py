@@ -29,6 +29,7 @@ __all__ = [
     "AccuracyEvaluator",
     "RunConfig",
     "STREAM_DEFAULTS",
+    "checkpoint_path",
     "config_from_result",
     "has_result",
     "result_path",
@@ -226,6 +227,11 @@ def result_path(out_dir: str | os.PathLike, config: RunConfig) -> Path:
     return Path(out_dir) / f"{stream}__{safe}__seed{config.seed}.json"
 
 
+def checkpoint_path(out_dir: str | os.PathLike, config: RunConfig) -> Path:
+    """The checkpoint beside the result of ``config`` (``<result>.ckpt``) while it runs."""
+    return result_path(out_dir, config).with_suffix(".ckpt")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -331,6 +337,7 @@ def run(
     loggers: Sequence[str] = (),
     log_dir: str | os.PathLike | None = None,
     on_experience: Callable[[int, int, list[float]], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train ``config.method`` over the stream and return the result record.
 
@@ -345,9 +352,17 @@ def run(
     ``on_experience(i, n_experiences, accuracies)`` is called after each experience
     ``i`` with that row of the accuracy matrix (a sweep's scheduler reads it to stop
     poor settings early).
+
+    ``checkpoint``: a file where the run saves its state after each experience
+    (:mod:`ckd.checkpoint`: model, optimizer, every plugin's state, random generators,
+    the accuracy rows so far) and from which this same run, started again, resumes: the
+    result is that of an uninterrupted run. A checkpoint of other settings is ignored and
+    replaced. Joint training, runs with loggers and methods whose Avalanche plugin has no
+    ``state_dict`` (``lwf``, ``ewc``) write none and start from the beginning.
     """
     from ckd.amp import MixedPrecisionPlugin
     from ckd.augment import AugmentationPlugin
+    from ckd.checkpoint import global_rng_state, load_training_state, set_global_rng_state, training_state
     from ckd.loggers import close_loggers, make_loggers
     from ckd.methods import TrainSettings, make_strategy, resolve_method_args
     from ckd.models import make_model
@@ -419,6 +434,18 @@ def run(
     scores = _Scores(evaluator)
     times = []
     diverged_at = None
+    saver = _run_checkpoint(checkpoint, config, strategy, train_stream, loggers)
+    saved = saver.load() if saver is not None else None
+    done, earlier_wall, resumed_at = 0, 0.0, []
+    if saved is not None:
+        done = saved["experiences"]
+        load_training_state(strategy, saved["training"], [train_stream[j] for j in range(done)])
+        scores.load_state_dict(saved["scores"])
+        times, diverged_at, earlier_wall = saved["times"], saved["diverged_at"], saved["wall"]
+        resumed_at = [*saved["resumed_at"], done]
+        set_global_rng_state(saved["rng"])
+        if bar is not None:
+            bar.update(sum(iterations[:done]))
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -434,6 +461,8 @@ def run(
                     diverged_at = n_exp - 1
             else:
                 for i, experience in enumerate(train_stream):
+                    if i < done:  # restored from the checkpoint
+                        continue
                     # Seeded per experience so that a run resumed between experiences
                     # replays the same shuffles as an uninterrupted one.
                     torch.manual_seed(config.seed * 1000 + i)
@@ -449,11 +478,17 @@ def run(
                         strategy.eval(stream.benchmark.test_stream)
                     if diverged_at is None and not _params_finite(strategy.model):
                         diverged_at = i
+                    if saver is not None and i + 1 < n_exp:
+                        saver.save({
+                            "experiences": i + 1, "training": training_state(strategy), "rng": global_rng_state(),
+                            "scores": scores.state_dict(), "times": times, "diverged_at": diverged_at,
+                            "wall": earlier_wall + time.perf_counter() - start, "resumed_at": resumed_at,
+                        })
     finally:
         if bar is not None:
             bar.close()
         close_loggers(avalanche_loggers)
-    wall = time.perf_counter() - start
+    wall = earlier_wall + time.perf_counter() - start
 
     return result_record(
         config, stream, scores.matrix, scores.task_matrix,
@@ -462,8 +497,21 @@ def run(
         diverged_at=diverged_at,
         curve=curve.record() if curve is not None else None,
         diagnostics=diagnostics.records if diagnostics is not None else None,
-        wall=wall, times=times, iterations=iterations, device=device,
+        wall=wall, times=times, iterations=iterations, device=device, resumed_at=resumed_at,
     )
+
+
+def _run_checkpoint(path, config: RunConfig, strategy, train_stream, loggers) -> Any:
+    """The run's :class:`ckd.checkpoint.RunCheckpoint` at ``path``, or ``None`` when it writes none."""
+    from ckd.checkpoint import RunCheckpoint, checkpoint_refusal
+
+    if path is None or loggers or config.method == "joint" or checkpoint_refusal(strategy) is not None:
+        return None
+    key = {
+        "config": json.loads(json.dumps(config.resolved())), "versions": _versions(),
+        "plugins": [type(p).__qualname__ for p in strategy.plugins],  # the code that builds the strategy
+    }
+    return RunCheckpoint(path, key, train_stream)
 
 
 def result_record(
@@ -481,12 +529,15 @@ def result_record(
     times: list[float],
     iterations: list[int],
     device: torch.device,
+    resumed_at: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The result record of one run (what :func:`run` returns and the result JSON holds).
 
     ``trained_weights``: the class- and task-IL accuracy matrices of the trained
     weights when the scored model is another one (an EMA of the weights); the record
     then holds them, with their metrics, under ``"trained_weights"``.
+    ``resumed_at``: the experiences at which the run resumed from a checkpoint (its
+    ``wall_time_s`` adds up the processes' times; its peak memory is the last one's).
     """
     metrics = compute_metrics(matrix)
     task_metrics = compute_metrics(task_matrix) if stream.scenario != "domain-il" else None
@@ -520,6 +571,7 @@ def result_record(
         "diagnostics": diagnostics,
         "wall_time_s": wall,
         "wall_time_per_experience_s": times,
+        "resumed_at_experiences": list(resumed_at),
         "iterations_per_experience": iterations,
         "peak_cpu_memory_mb": _peak_cpu_memory_mb(),
         "peak_cuda_memory_mb": (
@@ -555,21 +607,29 @@ def run_to_file(
     progress: bool = False,
     skip_existing: bool = True,
     loggers: Sequence[str] = (),
+    checkpoints: bool = True,
 ) -> tuple[Path, bool]:
     """Run and write ``result_path(out_dir, config)`` atomically.
 
     Returns ``(path, ran)``. With ``skip_existing`` an existing result whose
     config equals this one is kept and nothing runs. ``loggers`` (see :func:`run`)
     write into ``out_dir/logs/<result file name without .json>/``, emptied first.
+    ``checkpoints``: the run keeps a checkpoint beside its result (:func:`checkpoint_path`)
+    after each experience and, interrupted and run again, resumes from it (see :func:`run`);
+    the checkpoint is removed once the result is written.
     """
     path = result_path(out_dir, config)
+    ckpt = checkpoint_path(out_dir, config)
     if skip_existing and has_result(out_dir, config):
+        ckpt.unlink(missing_ok=True)  # left by a run stopped between writing its result and this
         return path, False
     log_dir = Path(out_dir) / "logs" / path.stem
     if loggers:
         shutil.rmtree(log_dir, ignore_errors=True)
-    result = run(config, data_root=data_root, progress=progress, loggers=loggers, log_dir=log_dir)
+    result = run(config, data_root=data_root, progress=progress, loggers=loggers, log_dir=log_dir,
+                 checkpoint=ckpt if checkpoints else None)
     write_json_atomic(path, result)
+    ckpt.unlink(missing_ok=True)
     return path, True
 
 
@@ -600,6 +660,12 @@ class _Scores:
     def trained_weights(self) -> tuple[list[list[float]], list[list[float]]] | None:
         return self.trained if self.trained[0] else None
 
+    def state_dict(self) -> dict:
+        return {"matrix": self.matrix, "task_matrix": self.task_matrix, "trained": self.trained}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.matrix, self.task_matrix, self.trained = state["matrix"], state["task_matrix"], state["trained"]
+
 
 def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
@@ -616,6 +682,12 @@ class _ProgressPlugin(SupervisedPlugin):
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
         self.bar.update(1)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class _TeacherDiagnostics(SupervisedPlugin):
@@ -651,6 +723,12 @@ class _TeacherDiagnostics(SupervisedPlugin):
         # NaN (an empty teacher-right or teacher-wrong part) is null in the JSON.
         self.records.append({k: (None if math.isnan(v) else v) for k, v in report.items()})
 
+    def state_dict(self) -> dict:
+        return {"records": self.records}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.records = state["records"]
+
 
 class _PeriodicEvaluation(SupervisedPlugin):
     """Evaluate on every test experience each ``every`` training iterations."""
@@ -667,6 +745,12 @@ class _PeriodicEvaluation(SupervisedPlugin):
         if self.iteration % self.every == 0:
             accuracies, _ = self.evaluator.accuracies(evaluation_model(strategy)[0])
             self.points.append((self.iteration, strategy.experience.current_experience, accuracies))
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "points": self.points}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration, self.points = state["iteration"], state["points"]
 
     def record(self) -> dict[str, list]:
         return {

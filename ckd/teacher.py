@@ -156,6 +156,26 @@ class FrozenModel:
         self._tables = {}
         return self
 
+    def state_dict(self) -> dict:
+        """The frozen module itself (its class and weights), its known classes and how it is called."""
+        return {
+            "model": self.model, "known_classes": self.known_classes, "forward": self.forward,
+            "multi_task": self.multi_task, "known_classes_only": self.known_classes_only,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "FrozenModel":
+        return cls(state["model"], state["known_classes"], state["forward"], state["multi_task"],
+                   state["known_classes_only"], copy_model=False)
+
+
+def _frozen_state(model: FrozenModel | None) -> dict | None:
+    return None if model is None else model.state_dict()
+
+
+def _frozen_from(state: dict | None) -> FrozenModel | None:
+    return None if state is None else FrozenModel.from_state(state)
+
 
 def _model_nbytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
@@ -289,6 +309,14 @@ class _Teacher:
     def to(self, device: torch.device | str) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        """What the teacher keeps between experiences (how it calls the model, and each
+        teacher's own: its snapshots, EMA weights, counters), for a checkpoint."""
+        return {"forward": self.forward, "multi_task": self.multi_task}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bind(state["forward"], state["multi_task"])
+
     def _freeze(self, model: nn.Module, known_classes: Tensor, known_classes_only: bool = False) -> FrozenModel:
         return FrozenModel(model, known_classes, self.forward, self.multi_task, known_classes_only)
 
@@ -334,6 +362,13 @@ class SnapshotTeacher(_Teacher):
         if self.current_experience_targets:
             return logits, mask
         return _only_taught(sample, logits, mask, self._finished)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "model": _frozen_state(self._model), "finished": self._finished}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._model, self._finished = _frozen_from(state["model"]), state["finished"]
 
     @property
     def nbytes(self) -> int:
@@ -386,6 +421,13 @@ class CachedTeacher(_Teacher):
     def soft_targets(self, sample, x):
         # Every cached row covers every class: skip the masking work in the step.
         return sample.logits, None if self._cover_all else sample.logits_mask
+
+    def state_dict(self) -> dict:  # the logits live in the buffer
+        return {**super().state_dict(), "has_logits": self._has_logits, "cover_all": self._cover_all}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._has_logits, self._cover_all = state["has_logits"], state["cover_all"]
 
 
 class OwnExperienceTeacher(CachedTeacher):
@@ -446,6 +488,19 @@ class EnsembleTeacher(_Teacher):
 
     def to(self, device) -> None:
         self.teachers.to(device)
+
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(), "teachers": [t.state_dict() for t in self.teachers.teachers],
+            "experiences": list(self.teachers.experiences), "experience": self._experience,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.teachers.clear()
+        for teacher, experience in zip(state["teachers"], state["experiences"]):
+            self.teachers.add(FrozenModel.from_state(teacher), experience)
+        self._experience = state["experience"]
 
 
 def decay_for_half_life(half_life: float, steps: int) -> float:
@@ -528,6 +583,34 @@ class EMAWeights:
     def nbytes(self) -> int:
         return 0 if self.model is None else _model_nbytes(self.model)
 
+    def state_dict(self) -> dict:
+        """The averaged module itself (``None`` before training), ``λ`` and the update generator;
+        the pairing with the live model is made again when the next experience starts."""
+        generator = self._generator
+        return {
+            "model": self.model, "decay": self.decay,
+            "generator": None if generator is None else (str(generator.device), generator.get_state()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model, self.decay = state["model"], state["decay"]
+        self._pairs, self._copies = ([], []), ([], [])
+        self._generator = None
+        if state["generator"] is not None:
+            device, rng_state = state["generator"]
+            self._generator = torch.Generator(device=device)
+            self._generator.set_state(rng_state)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_pairs=([], []), _copies=([], []), _generator=self.state_dict()["generator"])  # torch < 2.3: no pickling of generators
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        generator = state.pop("_generator")
+        self.__dict__.update(state)
+        self.load_state_dict({"model": self.model, "decay": self.decay, "generator": generator})
+
 
 class EMATeacher(_Teacher):
     """Online distillation: the teacher is an exponential moving average of the
@@ -568,6 +651,18 @@ class EMATeacher(_Teacher):
     @property
     def nbytes(self) -> int:
         return self.weights.nbytes
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "weights": self.weights.state_dict(), "known": self._known,
+                "ready": self._frozen is not None}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.weights.load_state_dict(state["weights"])
+        self._known = state["known"]
+        self._frozen = None
+        if state["ready"]:
+            self._frozen = FrozenModel(self.weights.model, self._known, self.forward, self.multi_task, copy_model=False)
 
 
 class TrainedTeacher(_Teacher):

@@ -55,6 +55,13 @@ class EMAEvaluationPlugin(SupervisedPlugin):
             torch._foreach_copy_(list(strategy.model.state_dict().values()), self._saved)
             self._saved = None
 
+    def state_dict(self) -> dict:
+        """What the plugin keeps between experiences: the averaged weights."""
+        return {"weights": self.weights.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weights.load_state_dict(state["weights"])
+
 
 def evaluation_model(strategy) -> tuple[nn.Module, str]:
     """The model a strategy should be scored with, and its name: the EMA of an

@@ -422,10 +422,7 @@ def test_checkpoint_round_trip_in_a_new_process_matches_uninterrupted_run(tmp_pa
     full = _train(_checkpointed_strategy(policy, teacher), digits)
     strategy = _checkpointed_strategy(policy, teacher)
     first = _train(strategy, digits, experiences={0, 1})
-    # Avalanche's dill-based checkpoint cannot pickle a torch>=2.10 optimizer class
-    # (dill resolves torch.optim.sgd to the function, not the module); plain SGD has
-    # no state, so the resumed strategy's fresh optimizer is equivalent.
-    save_checkpoint(strategy, tmp_path / "ckpt.pkl", exclude=["optimizer"])
+    save_checkpoint(strategy, tmp_path / "ckpt.pkl")
     del strategy
     code = RESUME_SCRIPT.format(
         tests=str(Path(__file__).parent), policy=policy, teacher=teacher, ckpt=str(tmp_path / "ckpt.pkl")

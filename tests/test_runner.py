@@ -5,7 +5,7 @@ import pytest
 
 import ckd.runner as runner_module
 from ckd.cli import main
-from ckd.runner import RunConfig, config_from_result, run, run_to_file
+from ckd.runner import RunConfig, checkpoint_path, config_from_result, run, run_to_file
 from ckd.suite import load_suite
 
 SUITE = """
@@ -127,7 +127,7 @@ def test_an_interrupted_run_leaves_no_result_file(tmp_path, monkeypatch):
     config = RunConfig("split-digits", "naive", epochs=1)
     with pytest.raises(KeyboardInterrupt):
         run_to_file(config, tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [checkpoint_path(tmp_path, config)]  # what resumes it (tests/test_checkpoint.py)
 
 
 def test_cli_run_summary_plot_and_from_result(tmp_path, capsys):
