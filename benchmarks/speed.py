@@ -70,6 +70,19 @@ RATIOS = {
 }
 
 
+def median_ratios(
+    samples: dict[str, list[float]], pairs: dict[str, tuple[str, str]]
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Median seconds per method, ``pairs``' ratios of those medians, and the same ratios taken
+    within each round (methods timed seconds apart) then the median over rounds: what a drift in
+    machine speed between rounds moves least. Pairs naming an untimed method are left out."""
+    seconds = {name: statistics.median(v) for name, v in samples.items()}
+    timed = {key: (a, b) for key, (a, b) in pairs.items() if a in samples and b in samples}
+    ratios = {key: seconds[a] / seconds[b] for key, (a, b) in timed.items()}
+    paired = {key: statistics.median(x / y for x, y in zip(samples[a], samples[b])) for key, (a, b) in timed.items()}
+    return seconds, ratios, paired
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -266,16 +279,7 @@ def measure(args: argparse.Namespace) -> dict:
             samples[name].append(runner.time_experience(experience) / iterations)
             if device.type == "cuda":
                 peak_cuda[name] = torch.cuda.max_memory_allocated(device) / 2**20
-    seconds = {name: statistics.median(v) for name, v in samples.items()}
-    ratios = {
-        key: seconds[a] / seconds[b] for key, (a, b) in RATIOS.items() if a in seconds and b in seconds
-    }
-    # The same ratios taken within each round (methods timed seconds apart), then the median
-    # over rounds: what a drift in machine speed between rounds moves least.
-    paired = {
-        key: statistics.median(x / y for x, y in zip(samples[a], samples[b]))
-        for key, (a, b) in RATIOS.items() if a in samples and b in samples
-    }
+    seconds, ratios, paired = median_ratios(samples, RATIOS)
     if "kd_replay_vectorized_5" in seconds and "kd_replay_fast" in seconds:
         ratios["vectorized_5_seeds_vs_5_sequential"] = (
             seconds["kd_replay_vectorized_5"] / (VECTORIZED_SEEDS * seconds["kd_replay_fast"])

@@ -25,13 +25,13 @@ import argparse
 import copy
 import math
 import platform
-import statistics
 import sys
 import time
 import warnings
 
 import torch
 import torch.nn.functional as F
+from speed import median_ratios
 
 from ckd.amp import MixedPrecisionPlugin
 from ckd.augment import AugmentationPlugin
@@ -160,10 +160,7 @@ def measure(args: argparse.Namespace) -> dict:
         for name, runner in runners.items():
             torch.manual_seed(1)
             samples[name].append(runner.time_experience(experience) / iterations)
-    seconds = {name: statistics.median(v) for name, v in samples.items()}
-    ratios = {key: seconds[a] / seconds[b] for key, (a, b) in RATIOS.items() if a in seconds and b in seconds}
-    paired = {key: statistics.median(x / y for x, y in zip(samples[a], samples[b]))
-              for key, (a, b) in RATIOS.items() if a in samples and b in samples}
+    seconds, ratios, paired = median_ratios(samples, RATIOS)
     scoring = {p: _scoring_seconds(stream, p == "bf16") for p in PRECISIONS}
     test_images = sum(len(e.dataset) for e in stream.benchmark.test_stream)
     scoring_full = {p: s * 10000 / test_images for p, s in scoring.items()}
