@@ -9,6 +9,7 @@ logits (DER's term) next to the KL.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -29,6 +30,7 @@ __all__ = [
     "KDReplayPlugin",
     "LogitMatchingPlugin",
     "ReplayStep",
+    "StrategyBoundPlugin",
     "add_task_column",
     "mark_seen_classes",
     "per_experience",
@@ -84,7 +86,34 @@ class ReplayStep:
     teacher_mask: Tensor | None = None
 
 
-class KDReplayPlugin(SupervisedPlugin):
+class StrategyBoundPlugin(SupervisedPlugin):
+    """A plugin whose state (a buffer, a teacher, averaged weights) belongs to the first
+    strategy that trains or evaluates with it: another strategy is refused, so a plugin
+    reused for a second run cannot carry the first run's state into it. A plugin restored
+    from a checkpoint (pickled, or given ``load_state_dict``) belongs to the strategy it next meets."""
+
+    keeps = "its state"  # what the refusal names
+    _strategy: weakref.ref | None = None
+
+    def before_training(self, strategy, **kwargs) -> None:
+        self._claim(strategy)
+
+    def _claim(self, strategy) -> None:
+        owner = self._strategy
+        if owner is None:
+            self._strategy = weakref.ref(strategy)
+        elif owner() is not strategy:
+            name = type(self).__name__
+            raise RuntimeError(f"this {name} already trained with another strategy and keeps {self.keeps}: "
+                               f"give each strategy (each run) its own {name}(...)")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_strategy", None)
+        return state
+
+
+class KDReplayPlugin(StrategyBoundPlugin):
     """Replay with soft-target distillation from a teacher.
 
     Each training iteration, once the buffer holds samples, ``replay_batch_size``
@@ -105,8 +134,11 @@ class KDReplayPlugin(SupervisedPlugin):
 
     A non-finite distillation loss raises ``FloatingPointError`` at the end of
     the epoch in which it happened (checked once per epoch to keep the training
-    step free of host-device syncs). ``state_dict()`` is what it keeps between experiences.
+    step free of host-device syncs). One plugin serves one strategy
+    (:class:`StrategyBoundPlugin`); ``state_dict()`` is what it keeps between experiences.
     """
+
+    keeps = "its buffer and teacher"
 
     def __init__(self, *, config: KDReplayConfig | None = None, teacher=None, **settings) -> None:
         super().__init__()

@@ -537,9 +537,14 @@ class EMAWeights:
         self._generator: torch.Generator | None = None
 
     def start_experience(self, model: nn.Module, steps: int) -> None:
-        """Set ``λ`` for an experience of ``steps`` iterations and pair the average with
-        ``model``'s tensors (a new copy when the model grew, keeping what matches)."""
+        """Set ``λ`` for an experience of ``steps`` iterations and :meth:`pair` the average with ``model``."""
         self.decay = decay_for_half_life(self.half_life, steps)
+        self.pair(model)
+
+    def pair(self, model: nn.Module) -> None:
+        """Pair the average with ``model``'s tensors: a copy of it at first; a new copy when the
+        two differ in tensors or shapes (``model`` grew, or the average did while it was
+        evaluated), keeping the average where they overlap (a grown head's old rows)."""
         live = model.state_dict()
         if self.model is None:
             self.model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -548,8 +553,10 @@ class EMAWeights:
             if mine.keys() != live.keys() or any(mine[k].shape != live[k].shape for k in live):
                 grown = copy.deepcopy(model).eval().requires_grad_(False)
                 for key, value in grown.state_dict().items():
-                    if key in mine and mine[key].shape == value.shape:
-                        value.copy_(mine[key])
+                    old = mine.get(key)
+                    if old is not None and old.dim() == value.dim():
+                        overlap = tuple(slice(0, min(a, b)) for a, b in zip(old.shape, value.shape))
+                        value[overlap] = old[overlap].to(value.device)
                 self.model = grown
         device = next(iter(live.values())).device if live else torch.device("cpu")
         self.model.to(device)

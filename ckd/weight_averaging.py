@@ -2,36 +2,44 @@
 
 from __future__ import annotations
 
-import torch
-from avalanche.core import SupervisedPlugin
 from torch import nn
 
-from ckd.plugins import steps_in_experience
+from ckd.plugins import StrategyBoundPlugin, steps_in_experience
 from ckd.teacher import EMAWeights
 
 __all__ = ["EMAEvaluationPlugin", "evaluation_model"]
 
 
-class EMAEvaluationPlugin(SupervisedPlugin):
+class EMAEvaluationPlugin(StrategyBoundPlugin):
     """Keeps an EMA of the model's weights (:class:`ckd.teacher.EMAWeights`, updated
-    after every training iteration) and evaluates with it: ``before_eval`` copies the
-    averaged weights into ``strategy.model`` and ``after_eval`` puts the trained
-    ones back. Code that scores a model outside ``strategy.eval`` should score
-    :func:`evaluation_model` instead.
+    after every training iteration) and evaluates with it: ``before_eval`` puts the
+    averaged model in ``strategy.model`` and ``after_eval`` puts the trained one back.
+    The trained model is never written to: a growing or multi-head model that Avalanche
+    adapts to each evaluated experience grows the averaged copy instead, and should an
+    evaluation raise, the trained model is back in ``strategy.model`` at the plugin's next
+    hook (the next ``train`` or ``eval``). Code that scores a model outside
+    ``strategy.eval`` should score :func:`evaluation_model` instead.
 
     half_life: a fraction of an experience's training iterations (default measured
-    on validation splits, docs/tuning.md).
+    on validation splits, docs/tuning.md). One plugin serves one strategy
+    (:class:`ckd.plugins.StrategyBoundPlugin`).
     """
+
+    keeps = "its averaged weights"
 
     def __init__(self, half_life: float = 0.3, update_probability: float = 1.0, seed: int = 0) -> None:
         super().__init__()
         self.weights = EMAWeights(half_life, update_probability, seed)
-        self._saved: list[torch.Tensor] | None = None
+        self._trained: nn.Module | None = None  # strategy.model while the average stands in for it
 
     @property
     def model(self) -> nn.Module | None:
         """The averaged model (``None`` before training started)."""
         return self.weights.model
+
+    def before_training(self, strategy, **kwargs) -> None:
+        super().before_training(strategy)
+        self._put_back(strategy)
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         self.weights.start_experience(strategy.model, steps_in_experience(strategy))
@@ -39,21 +47,20 @@ class EMAEvaluationPlugin(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs) -> None:
         self.weights.update()
 
-    @torch.no_grad()
     def before_eval(self, strategy, **kwargs) -> None:
-        if self.weights.model is None:
-            return
-        live = list(strategy.model.state_dict().values())
-        self._saved = [t.clone() for t in live]
-        averaged = list(self.weights.model.state_dict().values())
-        if len(averaged) == len(live):
-            torch._foreach_copy_(live, averaged)
+        self._claim(strategy)
+        self._put_back(strategy)  # after an evaluation that raised
+        if self.weights.model is not None:
+            self._trained, strategy.model = strategy.model, self.weights.model
 
-    @torch.no_grad()
     def after_eval(self, strategy, **kwargs) -> None:
-        if self._saved is not None:
-            torch._foreach_copy_(list(strategy.model.state_dict().values()), self._saved)
-            self._saved = None
+        self._put_back(strategy)
+
+    def _put_back(self, strategy) -> None:
+        if self._trained is None:
+            return
+        strategy.model, self._trained = self._trained, None
+        self.weights.pair(strategy.model)  # the evaluation may have grown the average
 
     def state_dict(self) -> dict:
         """What the plugin keeps between experiences: the averaged weights."""

@@ -682,3 +682,13 @@ def test_ema_teacher_and_ema_evaluation_reduce_forgetting_on_split_digits():
     naive, _ = _final_accuracy([])
     online, _ = _final_accuracy([KDReplayPlugin(mem_size=100, teacher="ema"), EMAEvaluationPlugin()])
     assert online - naive > 0.5
+
+
+def test_a_plugin_reused_for_a_second_run_is_refused(digits):
+    kd = KDReplayPlugin(mem_size=50)
+    strategy = _strategy(_mlp(), [kd], epochs=1)
+    _train(strategy, digits, experiences={0})
+    _train(strategy, digits, experiences={1})  # the same strategy goes on: fine
+    with pytest.raises(RuntimeError, match="this KDReplayPlugin already trained with another strategy and keeps its "
+                                           r"buffer and teacher: give each strategy \(each run\) its own KDReplayPlugin"):
+        _train(_strategy(_mlp(), [kd], epochs=1), digits, experiences={0})
