@@ -86,3 +86,26 @@ def test_the_pick_is_the_best_setting_and_scoring_of_each_method(tmp_path):
     rows = [line for line in pick.markdown(str(tmp_path)).splitlines() if line.startswith("| seqmnist@500")]
     assert "| er-ace | 2 | lr0.1, trained | 70.00 | 80.00 | lr0.01 trained (76.00) |" in rows[0]
     assert "| kd-replay | 1 | lr0.1, ema | 90.00 | 85.00 | — |" in rows[1]
+
+
+def test_the_picks_become_a_test_set_suite(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tuning"))
+    import pick
+
+    from ckd.runner import RunConfig
+    from ckd.suite import load_suite
+
+    for label, method, lr, ema, trained in [("seqmnist@500-er-ace-lr0.1", "er-ace", 0.1, 0.70, 0.80),
+                                            ("seqmnist@500-kd-replay-lr0.03", "kd-replay", 0.03, 0.90, 0.85)]:
+        config = RunConfig("split-digits", method, label=label, lr=lr, validation_fraction=0.1)
+        result = {"label": label, "method": method, "stream": "split-digits", "seed": 0,
+                  "config": config.resolved(), "accuracy_matrix": [[ema]], "final_average_accuracy": ema,
+                  "trained_weights": {"final_average_accuracy": trained}}
+        (tmp_path / f"{label}__seed0.json").write_text(json.dumps(result))
+    path = tmp_path / "suite.toml"
+    assert pick.main([str(tmp_path), "--suite", str(path), "--baseline-seeds", "0", "1", "--kd-seeds", "0"]) == 0
+    configs = load_suite(path)
+    assert [(c.name, c.seed) for c in configs] == [("er-ace@500", 0), ("er-ace@500", 1), ("kd-replay@500", 0)]
+    assert all(c.validation_fraction == 0.0 for c in configs)
+    assert [c.lr for c in configs] == [0.1, 0.1, 0.03]
+    assert [c.eval_ema_half_life for c in configs] == [0.0, 0.0, 0.3]  # as each scored best on validation

@@ -1,6 +1,6 @@
 """The best setting of each method in each cell of a validation search, as a Markdown table.
 
-    python benchmarks/tuning/pick.py benchmarks/results/tuning/equal_terms
+    python benchmarks/tuning/pick.py benchmarks/results/tuning/equal_terms [--suite benchmarks/equal_terms.toml]
 
 Labels name ``<cell>-<method>-<setting>`` (``seqmnist@200-der++-lr0.03-a0.2-b1.0``); every setting's
 score is its mean validation accuracy over the search's seeds, scored with the EMA of the weights
@@ -27,6 +27,50 @@ def split_label(label: str) -> tuple[str, str, str]:
         if rest.startswith(method + "-"):
             return cell, method, rest[len(method) + 1 :]
     raise ValueError(f"label {label!r} names none of the methods {METHODS}")
+
+
+def picks(results_dir: str) -> dict:
+    """cell -> method -> (setting, way of scoring: "ema" or "trained"), the best mean validation accuracy."""
+    chosen: dict = defaultdict(dict)
+    for cell, methods in scores(results_dir).items():
+        for method, settings in methods.items():
+            rows = [(v[0] if way == "ema" else v[1], setting, way) for setting, v in settings.items()
+                    for way in ("ema", "trained")]
+            _, setting, way = max(rows)
+            chosen[cell][method] = (setting, way)
+    return chosen
+
+
+def suite(results_dir: str, baseline_seeds: list[int], kd_seeds: list[int]) -> str:
+    """A TOML suite running every pick on the test set: its search run's config without the
+    validation split, labelled ``<runner method>@<buffer>``, scored as picked (with the EMA, which also
+    scores the trained weights, or with the trained weights alone)."""
+    import json
+    from pathlib import Path
+
+    from ckd.runner import config_from_result
+
+    configs = {}
+    for path in Path(results_dir).glob("*__seed0.json"):
+        result = json.loads(path.read_text())
+        configs[result["label"]] = config_from_result(result)
+    lines = ["# Every method's pick of the equal-terms search (benchmarks/tuning/equal_terms_search.toml) on the",
+             "# test set; written by: python benchmarks/tuning/pick.py benchmarks/results/tuning/equal_terms --suite",
+             "# benchmarks/equal_terms.toml. Each method is scored as it scored best on validation (an EMA of",
+             "# its weights or its trained weights; the result holds both).", ""]
+    for cell, methods in sorted(picks(results_dir).items(), key=lambda kv: _natural(kv[0])):
+        for method, (setting, way) in sorted(methods.items()):
+            config = configs[f"{cell}-{method}-{setting}"]
+            seeds = kd_seeds if method.startswith("kd") else baseline_seeds
+            buffer = cell.partition("@")[2]
+            lines += ["[[run]]", f'method = "{config.method}"', f'label = "{config.method}@{buffer}"',
+                      f'stream = "{config.stream}"', f"seeds = {seeds}", f"lr = {config.lr}",
+                      f"batch_size = {config.batch_size}", f"epochs = {config.epochs}",
+                      f"eval_ema_half_life = {config.eval_ema_half_life if way == 'ema' else 0.0}",
+                      "[run.args]"]
+            lines += [f"{k} = {json.dumps(v)}" for k, v in sorted(config.method_args.items())]
+            lines.append("")
+    return "\n".join(lines)
 
 
 def scores(results_dir: str) -> dict:
@@ -75,7 +119,15 @@ def markdown(results_dir: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", help="the search's result folder")
-    print(markdown(parser.parse_args(argv).results))
+    parser.add_argument("--suite", default=None, help="also write a suite of the picks on the test set here")
+    parser.add_argument("--baseline-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--kd-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    args = parser.parse_args(argv)
+    print(markdown(args.results))
+    if args.suite:
+        from ckd.files import write_text_atomic
+
+        write_text_atomic(args.suite, suite(args.results, args.baseline_seeds, args.kd_seeds))
     return 0
 
 
