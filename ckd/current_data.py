@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ckd.config import _is_number
 from ckd.losses import check_temperature, soft_kl
-from ckd.plugins import KDReplayPlugin, add_task_column, mark_seen_classes, per_experience
+from ckd.plugins import KDReplayPlugin, add_task_column, mark_seen_classes, per_experience, require_among_plugins
 from ckd.teacher import FrozenModel, SnapshotTeacher
 
 __all__ = ["AsymmetricCrossEntropyPlugin", "CurrentDistillationPlugin"]
@@ -23,8 +23,8 @@ class CurrentDistillationPlugin(SupervisedPlugin):
     ``alpha · soft_kl(z_s, z_t, T)`` against the model frozen after the previous
     experience, on the classes it was trained on.
 
-    kd: share the teacher of a :class:`KDReplayPlugin` in the same strategy (placed
-    before this plugin); without one the plugin keeps its own snapshot. alpha may be
+    kd: share the teacher of a :class:`KDReplayPlugin` in the same strategy (before or
+    after this plugin); without one the plugin keeps its own snapshot. alpha may be
     one value per experience. ``teacher`` and ``temperature`` make it a
     :class:`ckd.diagnostics.Distiller`.
     """
@@ -59,6 +59,10 @@ class CurrentDistillationPlugin(SupervisedPlugin):
         """The model the current samples are distilled from (``kd``'s, else the plugin's own
         snapshot; ``None`` until an experience has ended)."""
         return self.kd.teacher if self.kd is not None else self.own.model
+
+    def before_training(self, strategy, **kwargs) -> None:
+        if self.kd is not None:
+            require_among_plugins(strategy, self.kd, self)
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         self._alpha = per_experience(self.alpha, strategy.experience.current_experience, "alpha")

@@ -5,7 +5,8 @@ model (snapshot, ensemble — its latest snapshot — or EMA): they read which r
 the step were replayed and that teacher model, capture activations with forward hooks (any
 ``nn.Module``; by default the input of the model's last ``nn.Linear``, i.e. the
 penultimate representation), and add their term to ``strategy.loss``. Hooks
-live only while an epoch trains.
+live only while an epoch trains. They may sit before or after the KDReplayPlugin in
+``plugins=[...]``, which must hold it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from ckd.losses import feature_distance, rkd_angle, rkd_distance
 from ckd.models import last_linear
-from ckd.plugins import KDReplayPlugin
+from ckd.plugins import KDReplayPlugin, require_among_plugins
 from ckd.teacher import CachedTeacher
 
 __all__ = ["FeatureDistillationPlugin", "RelationDistillationPlugin", "PENULTIMATE"]
@@ -80,6 +81,9 @@ class _ReplayFeaturePlugin(SupervisedPlugin):
         self.weight = weight
         self._student_features: dict[str, Tensor] = {}
         self._capture = None
+
+    def before_training(self, strategy, **kwargs) -> None:
+        require_among_plugins(strategy, self.replay, self)
 
     # Hooks live per epoch: they are gone before the KDReplayPlugin snapshots the
     # model at the end of the experience, so the teacher never inherits them.

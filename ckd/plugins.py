@@ -34,6 +34,7 @@ __all__ = [
     "add_task_column",
     "mark_seen_classes",
     "per_experience",
+    "require_among_plugins",
     "steps_in_experience",
 ]
 
@@ -55,6 +56,15 @@ def add_task_column(strategy) -> None:
         strategy.mbatch.append(torch.zeros_like(strategy.mbatch[1]))
 
 
+def require_among_plugins(strategy, plugin, reader) -> None:
+    """Refuse to train when ``plugin``, whose state ``reader`` reads, is not among the
+    strategy's plugins: it would never run, and ``reader`` would add (or report) nothing."""
+    if not any(p is plugin for p in strategy.plugins):
+        name = type(plugin).__name__
+        raise ValueError(f"{type(reader).__name__} reads a {name} that is not among the strategy's plugins "
+                         f"(it would never run): pass that same {name} object in plugins=[...]")
+
+
 def mark_seen_classes(seen: Tensor, experience) -> Tensor:
     """bool ``(n_tasks, C)`` ``seen`` grown to include ``experience``'s task and classes."""
     task = int(experience.task_label) if hasattr(experience, "task_label") else 0
@@ -74,8 +84,9 @@ class ReplayStep:
     rows: the replayed rows of the step's forward batch (current samples come
     first); sample: what was drawn from the buffer; x: the replayed inputs as the
     forward pass saw them (after any augmentation plugin placed after this one);
-    student_logits ``(R, C)``; teacher_logits ``(R, C_t)`` and teacher_mask once
-    computed in ``before_backward`` (``None`` without a teacher).
+    student_logits ``(R, C)``; teacher_logits ``(R, C_t)`` and teacher_mask (``None``
+    without a teacher). All are set once every ``after_forward`` hook has run, so a
+    part reading them in ``before_backward`` may sit anywhere in ``plugins=[...]``.
     """
 
     rows: slice
@@ -243,6 +254,9 @@ class KDReplayPlugin(StrategyBoundPlugin):
                 self.replay.x = strategy.mbatch[0][rows]
                 for i in range(3):
                     strategy.mbatch[i] = strategy.mbatch[i][: rows.start]
+            if self._alpha > 0 and self.teacher_part.ready:
+                step = self.replay
+                step.teacher_logits, step.teacher_mask = self.teacher_part.soft_targets(step.sample, step.x)
         self._joined = None
         self.current_logits = strategy.mb_output
 
@@ -250,12 +264,10 @@ class KDReplayPlugin(StrategyBoundPlugin):
         step = self.replay
         if step is None:
             return
-        if self._alpha > 0 and self.teacher_part.ready:
-            step.teacher_logits, step.teacher_mask = self.teacher_part.soft_targets(step.sample, step.x)
-            if step.teacher_logits is not None:
-                kd = soft_kl(step.student_logits, step.teacher_logits, self.config.temperature, step.teacher_mask)
-                self._kd_total += kd.detach()
-                strategy.loss += weighted(self._alpha, kd)
+        if step.teacher_logits is not None:
+            kd = soft_kl(step.student_logits, step.teacher_logits, self.config.temperature, step.teacher_mask)
+            self._kd_total += kd.detach()
+            strategy.loss += weighted(self._alpha, kd)
         if self.config.beta > 0:
             strategy.loss += weighted(self.config.beta, replay_cross_entropy(step.student_logits, step.sample.y))
 
@@ -315,7 +327,8 @@ class KDReplayPlugin(StrategyBoundPlugin):
 class LogitMatchingPlugin(SupervisedPlugin):
     """``weight · MSE(z_s, z_t)`` on the rows ``kd`` replayed, against the targets its
     teacher gave in the same step (DER's logit term, beside the KL): the KL holds the
-    logits' differences, the MSE also their common level. Place it after ``kd``."""
+    logits' differences, the MSE also their common level. Before or after ``kd`` in
+    ``plugins=[...]``, which must hold it."""
 
     def __init__(self, kd: KDReplayPlugin, weight: float = 1.0) -> None:
         super().__init__()
@@ -323,6 +336,9 @@ class LogitMatchingPlugin(SupervisedPlugin):
             raise ValueError(f"weight must be >= 0, got {weight}")
         self.kd = kd
         self.weight = weight
+
+    def before_training(self, strategy, **kwargs) -> None:
+        require_among_plugins(strategy, self.kd, self)
 
     def before_backward(self, strategy, **kwargs) -> None:
         step = self.kd.replay

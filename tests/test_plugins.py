@@ -17,6 +17,7 @@ from torch import nn
 import user_scripts
 from ckd import KDReplayPlugin
 from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
+from ckd.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
 from ckd.plugins import KDReplayConfig, LogitMatchingPlugin
 from ckd.runner import AccuracyEvaluator, RunConfig, run
 from ckd.streams import make_stream
@@ -649,6 +650,52 @@ def test_logit_matching_adds_the_mse_to_the_teachers_targets(digits):
 
     _train(_strategy(_mlp(), [before, kd, logits, After()], epochs=1), digits, experiences={0, 1})
     assert checked and max(checked) > 0
+
+
+# The parts that read a KDReplayPlugin's step, as a user's script builds them.
+PARTS = {
+    "LogitMatchingPlugin": lambda kd: LogitMatchingPlugin(kd),
+    "FeatureDistillationPlugin": lambda kd: FeatureDistillationPlugin(kd),
+    "RelationDistillationPlugin": lambda kd: RelationDistillationPlugin(kd),
+    "CurrentDistillationPlugin": lambda kd: CurrentDistillationPlugin(kd=kd),
+}
+
+
+def _user_weights(plugins_around) -> torch.Tensor:
+    """A user's script: the digits MLP after two experiences of split-digits with a plain
+    ``Naive`` and ``plugins_around(kd)`` as its plugins; the weights, flattened."""
+    model = user_scripts.digits_mlp()
+    strategy = user_scripts.naive(model, plugins_around(KDReplayPlugin(mem_size=100)))
+    for experience in user_scripts.split_digits().train_stream[:2]:
+        strategy.train(experience)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.fixture(scope="module")
+def kd_alone():
+    return _user_weights(lambda kd: [kd])
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_a_part_of_the_kd_plugin_works_before_or_after_it(part, kd_alone):
+    make = PARTS[part]
+    after = _user_weights(lambda kd: [kd, make(kd)])
+    before = _user_weights(lambda kd: [make(kd), kd])
+    assert float((after - kd_alone).abs().max()) > 1e-3  # the part adds its term ...
+    # ... wherever it sits in plugins=[...]: the same terms, added to the loss in another order
+    torch.testing.assert_close(before, after, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_a_part_whose_kd_plugin_is_not_among_the_plugins_is_refused(part):
+    model = user_scripts.digits_mlp()
+    untrained = [p.detach().clone() for p in model.parameters()]
+    strategy = user_scripts.naive(model, [PARTS[part](KDReplayPlugin(mem_size=100))])  # the KD plugin left out
+    message = (f"{part} reads a KDReplayPlugin that is not among the strategy's plugins (it would never run): "
+               "pass that same KDReplayPlugin object in plugins=[...]")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        strategy.train(user_scripts.split_digits().train_stream[0])
+    assert all(torch.equal(a, b) for a, b in zip(untrained, model.parameters()))  # refused before any step
 
 
 def test_ema_evaluation_scores_the_averaged_weights_and_restores_the_trained_ones(digits):

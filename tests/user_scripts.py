@@ -1,7 +1,10 @@
 """What a user's own Avalanche script builds around ckd's plugins: a benchmark from Avalanche's
-public API over ``(x, y)`` samples, and a plain ``Naive`` strategy."""
+public API over ``(x, y)`` samples (or ckd's split-digits as an Avalanche benchmark), and a
+plain ``Naive`` strategy."""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from avalanche.benchmarks import benchmark_from_datasets, with_classes_timeline
@@ -10,6 +13,9 @@ from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 from torch.utils.data import TensorDataset
+
+from ckd.models import mlp
+from ckd.streams import make_stream
 
 N_FEATURES, N_CLASSES = 6, 6
 
@@ -37,6 +43,17 @@ def three_experiences(empty_second: bool = False):
 def net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(N_FEATURES, 32), nn.ReLU(), nn.Linear(32, N_CLASSES))
+
+
+@functools.cache
+def split_digits():
+    """ckd's split-digits (8×8 digits, five experiences of two classes) as the Avalanche benchmark a script trains on."""
+    return make_stream("split-digits").benchmark
+
+
+def digits_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return mlp((1, 8, 8), 10)
 
 
 def naive(model: nn.Module, plugins: list, metrics: tuple = ()) -> Naive:
