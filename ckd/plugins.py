@@ -17,12 +17,24 @@ import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.models.dynamic_modules import MultiTaskModule
 from avalanche.models.utils import avalanche_forward
+from avalanche.training import DER, ER_ACE, ER_AML, MER, SCR, Cumulative, FeatureReplay, ICaRL
+from avalanche.training.plugins import (
+    BiCPlugin,
+    CoPEPlugin,
+    GDumbPlugin,
+    GenerativeReplayPlugin,
+    GSS_greedyPlugin,
+    MIRPlugin,
+    RARPlugin,
+    ReplayPlugin,
+)
 from torch import Tensor, nn
 
 import ckd.checkpoint  # noqa: F401  (Avalanche's save_checkpoint then pickles torch's optimizers)
 from ckd.buffer import ReplayBuffer, ReplaySample
 from ckd.config import TEACHER_NAMES, KDReplayConfig, _as_tuple, per_experience
 from ckd.losses import logit_mse, replay_cross_entropy, soft_kl, weighted
+from ckd.replay import DarkExperienceReplayPlugin, OnlineReplayPlugin
 from ckd.teacher import CachedTeacher, EnsembleTeacher, FrozenModel, TrainedTeacher, make_teacher
 
 __all__ = [
@@ -41,6 +53,13 @@ __all__ = [
 # Batch of the once-per-experience buffer refill: independent of the strategy's
 # eval_mb_size, which Avalanche defaults to 1.
 _PASS_BATCH = 1000
+
+# Strategies and plugins that replay old samples of their own (through their loader, their
+# dataset or their own forward): beside a KDReplayPlugin, the old samples they put in a
+# minibatch would be stored again as current ones, with no soft target.
+REPLAYING_STRATEGIES = (DER, ER_ACE, ER_AML, SCR, MER, FeatureReplay, ICaRL, Cumulative)
+REPLAYING_PLUGINS = (ReplayPlugin, BiCPlugin, CoPEPlugin, GDumbPlugin, GSS_greedyPlugin, MIRPlugin, RARPlugin,
+                     GenerativeReplayPlugin, OnlineReplayPlugin, DarkExperienceReplayPlugin)
 
 
 def steps_in_experience(strategy) -> int:
@@ -201,6 +220,10 @@ class KDReplayPlugin(StrategyBoundPlugin):
         return self.config.temperature
 
     # ------------------------------------------------------------- experience
+    def before_training(self, strategy, **kwargs) -> None:
+        _refuse_other_replay(strategy, self)
+        super().before_training(strategy, **kwargs)
+
     def before_training_exp(self, strategy, **kwargs) -> None:
         device = torch.device(strategy.device)
         self._alpha = self.config.alpha_at(strategy.experience.current_experience)
@@ -322,6 +345,20 @@ class KDReplayPlugin(StrategyBoundPlugin):
         else:  # nothing new to keep; old groups still shrink to their quota
             x, y, t = self.buffer.x[:0], self.buffer.y[:0], self.buffer.task[:0]
         self.buffer.class_balanced_fill(plan, x, y, t, exp_id)
+
+
+def _refuse_other_replay(strategy, kd: KDReplayPlugin) -> None:
+    """Refuse a strategy that replays besides ``kd``: it, or another of its plugins, keeps a memory of its own."""
+    if isinstance(strategy, REPLAYING_STRATEGIES):
+        name = type(strategy).__name__
+        raise ValueError(f"KDReplayPlugin keeps its own replay buffer and the strategy {name} replays too (its old "
+                         "samples would be stored again as current ones): use a strategy without replay, such as Naive")
+    other = next((p for p in strategy.plugins if p is not kd and isinstance(p, (*REPLAYING_PLUGINS, KDReplayPlugin))),
+                 None)
+    if other is not None:
+        name = "other KDReplayPlugin" if isinstance(other, KDReplayPlugin) else type(other).__name__
+        raise ValueError(f"KDReplayPlugin keeps its own replay buffer and the strategy's {name} replays too (its old "
+                         f"samples would be stored again as current ones): remove the {name} from plugins=[...]")
 
 
 class LogitMatchingPlugin(SupervisedPlugin):

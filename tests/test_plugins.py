@@ -698,6 +698,47 @@ def test_a_part_whose_kd_plugin_is_not_among_the_plugins_is_refused(part):
     assert all(torch.equal(a, b) for a, b in zip(untrained, model.parameters()))  # refused before any step
 
 
+def _replaying_strategy(name, model, kd):
+    """A user's strategy with ``kd`` and something else that replays old samples."""
+    from avalanche.training import DER, ER_ACE
+    from avalanche.training.plugins import ReplayPlugin
+
+    from ckd.replay import ExperienceReplayPlugin
+
+    if name in ("DER", "ER_ACE"):
+        strategy = DER if name == "DER" else ER_ACE
+        return strategy(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        criterion=nn.CrossEntropyLoss(), mem_size=200, train_mb_size=16, train_epochs=1,
+                        eval_mb_size=64, plugins=[kd], evaluator=EvaluationPlugin(loggers=[]))
+    other = {"ReplayPlugin": lambda: ReplayPlugin(mem_size=200),
+             "ExperienceReplayPlugin": lambda: ExperienceReplayPlugin(mem_size=200),
+             "other KDReplayPlugin": lambda: KDReplayPlugin(mem_size=200)}[name]()
+    return user_scripts.naive(model, [other, kd])
+
+
+@pytest.mark.parametrize("name, remedy", [
+    ("ReplayPlugin", "the strategy's ReplayPlugin replays too (its old samples would be stored again as current ones): "
+                     "remove the ReplayPlugin from plugins=[...]"),
+    ("ExperienceReplayPlugin", "the strategy's ExperienceReplayPlugin replays too"),
+    ("other KDReplayPlugin", "the strategy's other KDReplayPlugin replays too"),
+    ("DER", "the strategy DER replays too (its old samples would be stored again as current ones): use a strategy "
+            "without replay, such as Naive"),
+    ("ER_ACE", "the strategy ER_ACE replays too"),
+])
+def test_another_replay_beside_the_kd_plugin_is_refused(name, remedy):
+    # Avalanche's replay loader mixes its memory into the minibatch: the KD plugin would store
+    # those old samples again, tagged as the current experience, with no soft target.
+    model = user_scripts.digits_mlp()
+    untrained = [p.detach().clone() for p in model.parameters()]
+    kd = KDReplayPlugin(mem_size=200)
+    first = user_scripts.split_digits().train_stream[0]
+    with pytest.raises(ValueError, match="^" + re.escape(f"KDReplayPlugin keeps its own replay buffer and {remedy}")):
+        _replaying_strategy(name, model, kd).train(first)
+    assert all(torch.equal(a, b) for a, b in zip(untrained, model.parameters()))  # refused before any step
+    user_scripts.naive(model, [kd]).train(first)  # the other replay removed, the same plugin trains
+    assert len(kd.buffer) == 200
+
+
 def test_ema_evaluation_scores_the_averaged_weights_and_restores_the_trained_ones(digits):
     from ckd.weight_averaging import EMAEvaluationPlugin, evaluation_model
 
