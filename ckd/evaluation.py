@@ -1,4 +1,4 @@
-"""The distiller's diagnostics as an Avalanche metric, for any strategy's evaluator."""
+"""The distiller's diagnostics and its distillation loss as Avalanche metrics, for any strategy's evaluator."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
+from torch import Tensor
 
 from ckd.diagnostics import Distiller, TeacherComparison
+from ckd.plugins import KDReplayPlugin, require_among_plugins
 
-__all__ = ["DistillationMetrics"]
+__all__ = ["DistillationLossMetric", "DistillationMetrics"]
 
 
 class DistillationMetrics(PluginMetric[dict]):
@@ -88,3 +90,81 @@ class DistillationMetrics(PluginMetric[dict]):
 
     def __str__(self) -> str:
         return "Distillation"
+
+
+class _StepMean:
+    """The mean of per-step scalar tensors, summed on their device: read once, at the end."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self.steps = 0
+
+    def add(self, term: Tensor) -> None:
+        self.total = term if self.total is None else self.total + term
+        self.steps += 1
+
+    def mean(self) -> float | None:
+        return None if self.steps == 0 else self.total.item() / self.steps
+
+
+class DistillationLossMetric(PluginMetric[float]):
+    """The distillation term a :class:`ckd.plugins.KDReplayPlugin` adds to the loss while
+    training: ``alpha · T² · KL(teacher ‖ student)`` on the replayed rows (``kd.kd_loss``).
+
+    After each training epoch it emits ``KD_Loss_Epoch/train_phase/train_stream``, and after
+    each training experience ``KD_Loss_Exp/train_phase/train_stream``: the mean over the
+    steps that distilled. Steps that did not (an empty buffer, no teacher yet, ``alpha`` 0)
+    are left out, not counted as 0; an epoch or experience without any emits nothing (the
+    first experience, with the default snapshot teacher). The terms are summed on the
+    training device and read once per epoch, so a step makes no host–device sync.
+
+    Use: ``EvaluationPlugin(loss_metrics(epoch=True), DistillationLossMetric(kd), loggers=...)``
+    with ``kd`` also in the strategy's ``plugins`` (training refuses to start otherwise).
+    """
+
+    def __init__(self, kd: KDReplayPlugin) -> None:
+        super().__init__()
+        if not isinstance(kd, KDReplayPlugin):
+            raise ValueError(f"DistillationLossMetric needs the KDReplayPlugin whose loss it reports, got {type(kd).__name__}")
+        self.kd = kd
+        self._epoch = _StepMean()
+        self._experience = _StepMean()
+        self._last: float | None = None
+
+    def reset(self) -> None:
+        self._epoch = _StepMean()
+
+    def result(self) -> float | None:
+        """The latest mean emitted (``None`` before any)."""
+        return self._last
+
+    def before_training(self, strategy) -> None:
+        require_among_plugins(strategy, self.kd, self)
+
+    def before_training_exp(self, strategy) -> None:
+        self._experience = _StepMean()
+
+    def before_training_epoch(self, strategy) -> None:
+        self.reset()
+
+    def after_training_iteration(self, strategy) -> None:
+        term = self.kd.kd_loss
+        if term is not None:
+            self._epoch.add(term)
+            self._experience.add(term)
+
+    def after_training_epoch(self, strategy) -> list[MetricValue] | None:
+        return self._emit("KD_Loss_Epoch", self._epoch, strategy)
+
+    def after_training_exp(self, strategy) -> list[MetricValue] | None:
+        return self._emit("KD_Loss_Exp", self._experience, strategy)
+
+    def _emit(self, name: str, steps: _StepMean, strategy) -> list[MetricValue] | None:
+        mean = steps.mean()
+        if mean is None:
+            return None
+        self._last = mean
+        return [MetricValue(self, get_metric_name(name, strategy, add_task=False), mean, strategy.clock.train_iterations)]
+
+    def __str__(self) -> str:
+        return "KD_Loss"

@@ -1,7 +1,8 @@
 """Avalanche loggers by name, and the evaluation plugin that feeds them.
 
 ``text`` writes ``log.txt``, ``csv`` the ``csv/`` folder of Avalanche's
-:class:`~avalanche.logging.CSVLogger` (``training_results.csv``, ``eval_results.csv``),
+:class:`~avalanche.logging.CSVLogger` (``training_results.csv``, with a ``distillation_loss``
+column, and ``eval_results.csv``),
 ``tensorboard`` event files under ``tensorboard/``, ``wandb`` a Weights & Biases
 run under ``wandb/``, offline unless ``WANDB_MODE`` or ``WANDB_API_KEY`` is set.
 Every path is inside the run's log folder.
@@ -21,7 +22,8 @@ from avalanche.logging import CSVLogger, TensorboardLogger, TextLogger, WandBLog
 from avalanche.training.plugins import EvaluationPlugin
 
 from ckd.diagnostics import find_distiller
-from ckd.evaluation import DistillationMetrics
+from ckd.evaluation import DistillationLossMetric, DistillationMetrics
+from ckd.plugins import KDReplayPlugin
 
 __all__ = ["LOGGERS", "check_loggers", "close_loggers", "make_evaluator", "make_loggers"]
 
@@ -45,12 +47,37 @@ def make_loggers(names: Sequence[str], log_dir: str | os.PathLike, run_name: str
         if name == "text":
             loggers.append(TextLogger(open(log_dir / "log.txt", "w", encoding="utf-8")))
         elif name == "csv":
-            loggers.append(CSVLogger(str(log_dir / "csv")))
+            loggers.append(_CSVLogger(str(log_dir / "csv")))
         elif name == "tensorboard":
             loggers.append(TensorboardLogger(log_dir / "tensorboard"))
         else:
             loggers.append(_wandb_logger(log_dir, run_name))
     return loggers
+
+
+class _CSVLogger(CSVLogger):
+    """Avalanche's CSV logger, its ``training_results.csv`` with one more column,
+    ``distillation_loss``: each epoch's ``KD_Loss_Epoch`` (:class:`ckd.evaluation.DistillationLossMetric`),
+    empty for an epoch that distilled nothing."""
+
+    COLUMNS = ("training_exp", "epoch", "training_accuracy", "val_accuracy", "training_loss", "val_loss",
+               "distillation_loss")
+
+    def __init__(self, log_folder: str) -> None:
+        super().__init__(log_folder)
+        self.training_file.close()  # Avalanche's header, written again with the column
+        self.training_file = open(os.path.join(self.log_folder, "training_results.csv"), "w")
+        print(*self.COLUMNS, sep=",", file=self.training_file, flush=True)
+        self._kd_loss = ""
+
+    def after_training_epoch(self, strategy, metric_values, **kwargs) -> None:
+        self._kd_loss = next((self._val_to_str(v.value) for v in metric_values
+                              if v.name.startswith("KD_Loss_Epoch/train_phase")), "")
+        super().after_training_epoch(strategy, metric_values, **kwargs)
+
+    def print_train_metrics(self, training_exp, epoch, train_acc, val_acc, train_loss, val_loss) -> None:
+        values = (self._val_to_str(v) for v in (train_acc, val_acc, train_loss, val_loss))
+        print(training_exp, epoch, *values, self._kd_loss, sep=",", file=self.training_file, flush=True)
 
 
 class _WandBLogger(WandBLogger):
@@ -93,8 +120,9 @@ def make_evaluator(loggers: Sequence = (), plugins: Sequence = ()) -> Evaluation
     """The strategy's Avalanche ``EvaluationPlugin``.
 
     With loggers: accuracy, loss and forgetting per epoch, experience and stream,
-    and :class:`ckd.evaluation.DistillationMetrics` for the first plugin among
-    ``plugins`` that distils from a teacher (:func:`ckd.diagnostics.find_distiller`).
+    :class:`ckd.evaluation.DistillationMetrics` for the first plugin among
+    ``plugins`` that distils from a teacher (:func:`ckd.diagnostics.find_distiller`),
+    and :class:`ckd.evaluation.DistillationLossMetric` for the first ``KDReplayPlugin``.
     Without: no metric at all (the ckd runner scores the model itself), and no
     "no loggers" warning.
     """
@@ -110,4 +138,7 @@ def make_evaluator(loggers: Sequence = (), plugins: Sequence = ()) -> Evaluation
     distiller = find_distiller(plugins)
     if distiller is not None:
         metrics.append(DistillationMetrics(distiller))
+    kd = next((p for p in plugins if isinstance(p, KDReplayPlugin)), None)
+    if kd is not None:
+        metrics.append(DistillationLossMetric(kd))
     return EvaluationPlugin(*metrics, loggers=list(loggers))

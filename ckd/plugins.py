@@ -160,7 +160,9 @@ class KDReplayPlugin(StrategyBoundPlugin):
     or ``KDReplayPlugin(config=KDReplayConfig(...), teacher=EMATeacher())``; ``config``
     may also be a dict of the settings.
     ``replay`` holds the :class:`ReplayStep` of the current iteration (``None``
-    when nothing was replayed), for other plugins to read.
+    when nothing was replayed), for other plugins to read; ``kd_loss`` the distillation
+    term the iteration added to ``strategy.loss`` (``alpha · soft_kl``, detached, shape
+    ``()``; ``None`` when it added none), read by :class:`ckd.evaluation.DistillationLossMetric`.
 
     A non-finite distillation loss raises ``FloatingPointError`` at the end of
     the epoch in which it happened (checked once per epoch to keep the training
@@ -203,6 +205,7 @@ class KDReplayPlugin(StrategyBoundPlugin):
         # bool (n_tasks, C): classes trained on so far, per task label.
         self.seen_classes = torch.zeros(0, 0, dtype=torch.bool)
         self.replay: ReplayStep | None = None
+        self.kd_loss: Tensor | None = None
         self.current_logits: Tensor | None = None
         self._current: tuple[Tensor, Tensor, Tensor] | None = None
         self._joined: tuple[Tensor, ...] | None = None  # the minibatch before_forward built
@@ -251,7 +254,7 @@ class KDReplayPlugin(StrategyBoundPlugin):
 
     # ------------------------------------------------------------- iteration
     def before_forward(self, strategy, **kwargs) -> None:
-        self.replay = None
+        self.replay, self.kd_loss = None, None
         add_task_column(strategy)
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[2]
         self._current = (x, y, t)
@@ -290,7 +293,9 @@ class KDReplayPlugin(StrategyBoundPlugin):
         if step.teacher_logits is not None:
             kd = soft_kl(step.student_logits, step.teacher_logits, self.config.temperature, step.teacher_mask)
             self._kd_total += kd.detach()
-            strategy.loss += weighted(self._alpha, kd)
+            term = weighted(self._alpha, kd)
+            strategy.loss += term
+            self.kd_loss = term.detach()
         if self.config.beta > 0:
             strategy.loss += weighted(self.config.beta, replay_cross_entropy(step.student_logits, step.sample.y))
 

@@ -90,5 +90,8 @@ def test_training_curves_are_logged_on_both_loaders(tmp_path, loader):
     assert [(int(r["training_exp"]), int(r["epoch"])) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(0.0 <= float(r["training_accuracy"]) <= 1.0 and float(r["training_loss"]) > 0.0 for r in rows)
     assert float(rows[1]["training_accuracy"]) > float(rows[0]["training_accuracy"])  # the first experience is learned
+    # The distillation term per epoch: none while the first experience trains (no teacher yet).
+    assert [r["distillation_loss"] for r in rows[:2]] == ["", ""] and all(float(r["distillation_loss"]) > 0 for r in rows[2:])
     text = (log_dir / "log.txt").read_text()
     assert text.count("Top1_Acc_Epoch/train_phase/train_stream/Task000") == 4 and "Epoch 1 ended." in text
+    assert text.count("KD_Loss_Epoch/train_phase/train_stream") == 2 and text.count("KD_Loss_Exp/train_phase") == 1

@@ -96,10 +96,11 @@ class SyncFreeHeads(MultiTaskModule):
 
 def _train_guarded(
     method: str, overrides: dict | None = None, task_labels: bool = False, model=None,
-    device: str = "cpu", context=forbid_host_syncs, fast: bool = False,
+    device: str = "cpu", context=forbid_host_syncs, fast: bool = False, setup=None,
 ) -> int:
     """Train ``method`` on three experiences of split-digits, guarding every iteration
-    from the second experience on (``joint``: every iteration). Returns how many were guarded."""
+    from the second experience on (``joint``: every iteration); ``setup(strategy)`` runs
+    before training. Returns how many iterations were guarded."""
     torch.manual_seed(0)
     stream = make_stream("split-digits", seed=0, task_labels=task_labels, max_train_per_experience=60)
     model = model or mlp(stream.input_shape, stream.n_classes)
@@ -109,6 +110,8 @@ def _train_guarded(
         args["mem_size"] = 40
     guard = _Guard(armed_from_experience=0 if method == "joint" else 1, context=context)
     strategy = make_strategy(method, model, settings, args, fast=fast)
+    if setup is not None:
+        setup(strategy)
     strategy.plugins.insert(0, _Arm(guard))
     strategy.plugins.append(_Disarm(guard))  # after Avalanche's evaluator and clock
     try:
@@ -180,6 +183,23 @@ def test_current_classes_only_does_not_sync():
     if "current_classes_only" not in METHOD_DEFAULTS["kd-replay"]:
         pytest.skip("kd-replay has no current_classes_only setting any more (see the ER-ACE method)")
     assert _train_guarded("kd-replay", {"current_classes_only": True}) >= 10
+
+
+@pytest.mark.parametrize("loader", ["tensor", "avalanche"])
+def test_kd_replay_with_the_distillation_loss_metric_does_not_sync(loader):
+    """The metric sums each step's term on the device and reads the sum at the epoch's end."""
+    from ckd.evaluation import DistillationLossMetric
+    from ckd.plugins import KDReplayPlugin
+
+    evaluators = []
+
+    def attach(strategy):
+        kd = next(p for p in strategy.plugins if isinstance(p, KDReplayPlugin))
+        strategy.evaluator.metrics.append(DistillationLossMetric(kd))
+        evaluators.append(strategy.evaluator)
+
+    assert _train_guarded("kd-replay", fast=loader == "tensor", setup=attach) >= 10
+    assert evaluators[0].get_last_metrics()["KD_Loss_Epoch/train_phase/train_stream"] > 0
 
 
 def test_multi_head_teacher_does_not_sync():

@@ -56,7 +56,7 @@ def digits_mlp(seed: int = 0) -> nn.Module:
     return mlp((1, 8, 8), 10)
 
 
-def naive(model: nn.Module, plugins: list, metrics: tuple = ()) -> Naive:
+def naive(model: nn.Module, plugins: list, metrics: tuple = (), epochs: int = 1) -> Naive:
     return Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
-                 train_mb_size=16, train_epochs=1, eval_mb_size=64, plugins=plugins,
+                 train_mb_size=16, train_epochs=epochs, eval_mb_size=64, plugins=plugins,
                  evaluator=EvaluationPlugin(*metrics, loggers=[]))
