@@ -17,7 +17,7 @@ from collections import defaultdict
 
 from ckd.summary import load_results
 
-METHODS = ("er-ace", "der++", "der", "kd-replay", "er")  # a name before its prefixes: "er-ace" before "er"
+METHODS = ("er-ace", "der++", "der", "kd-replay", "kd-multi-teacher", "er")  # a name before its prefixes: "er-ace" before "er"
 
 
 def split_label(label: str) -> tuple[str, str, str]:
