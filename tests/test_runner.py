@@ -283,3 +283,31 @@ def test_a_result_written_with_ema_as_a_method_setting_is_kept(tmp_path):
     assert has_result(tmp_path, config)
     assert not has_result(tmp_path, RunConfig("split-digits", "kd-replay", seed=0, epochs=1, eval_ema_half_life=0.0))
     assert config_from_result({"config": old}).resolved() == config.resolved()
+
+
+def test_cli_eval_ema_and_no_augmentation_reach_the_config(tmp_path):
+    out = tmp_path / "r"
+    assert main(["run", "--stream", "split-digits", "--method", "naive", "--epochs", "1", "--eval-ema", "0",
+                 "--no-augmentation", "--out", str(out), "--quiet"]) == 0
+    result = json.loads(next(out.glob("*.json")).read_text())
+    assert result["scored_model"] == "model" and result["trained_weights"] is None
+    assert "eval_ema_half_life" not in result["config"] and result["config"]["augmentation"] is False
+    assert main(["run", "--stream", "split-digits", "--method", "naive", "--epochs", "1", "--eval-ema", "0.5",
+                 "--out", str(tmp_path / "e"), "--quiet"]) == 0
+    result = json.loads(next((tmp_path / "e").glob("*.json")).read_text())
+    assert result["config"]["eval_ema_half_life"] == 0.5 and result["scored_model"] == "ema"
+
+
+def test_augmentation_false_trains_without_the_streams_crop_and_flip(tmp_path, monkeypatch):
+    import ckd.augment
+    from archives import write_cifar10
+
+    write_cifar10(tmp_path, train_per_class=4, test_per_class=1)
+    calls = []
+    original = ckd.augment.CropFlip.__call__
+    monkeypatch.setattr(ckd.augment.CropFlip, "__call__", lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    fields = dict(model="cnn", epochs=1, batch_size=4, checksum=False, eval_ema_half_life=0.0)
+    run(RunConfig("split-cifar10", "naive", augmentation=False, **fields), data_root=tmp_path)
+    assert calls == []
+    run(RunConfig("split-cifar10", "naive", **fields), data_root=tmp_path)
+    assert len(calls) == 10  # two minibatches of 4 per experience, five experiences
