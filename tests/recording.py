@@ -1,4 +1,5 @@
-"""Run ``ckd.runner.run`` with one more plugin in its strategy (to record what the strategy sees)."""
+"""Run ``ckd.runner.run`` with one more plugin in its strategy (to record what the strategy sees),
+or with its strategies stopped at an experience (to interrupt a run)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,20 @@ def run_with_plugin(config, plugin, monkeypatch) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return run(config)
+
+
+def interrupt_at(monkeypatch, experience: int) -> None:
+    """Runs built from now on stop (``KeyboardInterrupt``) when ``experience`` starts."""
+    def interrupted(*args, **kwargs):
+        strategy = _MAKE_STRATEGY(*args, **kwargs)
+        train = strategy.train
+
+        def train_then_die(exp, **kw):
+            if exp.current_experience == experience:
+                raise KeyboardInterrupt
+            return train(exp, **kw)
+
+        strategy.train = train_then_die
+        return strategy
+
+    monkeypatch.setattr(ckd.methods, "make_strategy", interrupted)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import ckd.methods
 from ckd.checkpoint import read_checkpoint
 from ckd.runner import RunConfig, checkpoint_path, config_from_result, result_path, run, run_to_file
+from recording import interrupt_at
 
 SMALL = {"max_train_per_experience": 150}
 
@@ -23,25 +23,6 @@ import json, sys
 from ckd.runner import RunConfig, run_to_file
 run_to_file(RunConfig(**json.loads(sys.argv[1])), sys.argv[2])
 """
-
-
-def _interrupt_at(monkeypatch, experience):
-    """Runs built from now on stop (KeyboardInterrupt) when ``experience`` starts."""
-    original = ckd.methods.make_strategy
-
-    def interrupted(*args, **kwargs):
-        strategy = original(*args, **kwargs)
-        train = strategy.train
-
-        def train_then_die(exp, **kw):
-            if exp.current_experience == experience:
-                raise KeyboardInterrupt
-            return train(exp, **kw)
-
-        strategy.train = train_then_die
-        return strategy
-
-    monkeypatch.setattr(ckd.methods, "make_strategy", interrupted)
 
 
 @pytest.mark.slow
@@ -80,7 +61,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_nu
 def test_every_checkpointed_method_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch, method, args):
     config = RunConfig("split-digits", method, epochs=1, eval_every=7, method_args=args, **SMALL)
     uninterrupted = run(config)
-    _interrupt_at(monkeypatch, 3)
+    interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run(config, checkpoint=tmp_path / "run.ckpt")
     monkeypatch.undo()
@@ -94,7 +75,7 @@ def test_every_checkpointed_method_resumes_to_the_uninterrupted_numbers(tmp_path
 def test_methods_that_cannot_checkpoint_run_from_the_start_and_finish(tmp_path, monkeypatch):
     for method in ("lwf", "ewc"):
         config, out = RunConfig("split-digits", method, epochs=1, **SMALL), tmp_path / method
-        _interrupt_at(monkeypatch, 2)
+        interrupt_at(monkeypatch, 2)
         with pytest.raises(KeyboardInterrupt):
             run_to_file(config, out)
         monkeypatch.undo()
@@ -110,7 +91,7 @@ def test_a_checkpoint_of_other_settings_is_ignored_and_replaced(tmp_path, monkey
     second = RunConfig("split-digits", "kd-replay", epochs=1, method_args={"mem_size": 50}, **SMALL)
     ckpt = checkpoint_path(tmp_path, first)
     assert ckpt == checkpoint_path(tmp_path, second)  # same label, same file
-    _interrupt_at(monkeypatch, 2)
+    interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_to_file(first, tmp_path)
     with pytest.raises(KeyboardInterrupt):

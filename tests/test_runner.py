@@ -7,6 +7,7 @@ import ckd.runner as runner_module
 from ckd.cli import main
 from ckd.runner import RunConfig, checkpoint_path, config_from_result, run, run_to_file
 from ckd.suite import load_suite
+from recording import interrupt_at
 
 SUITE = """
 [suite]
@@ -107,23 +108,7 @@ def test_suite_resumes_without_rerunning_finished_runs(tmp_path, monkeypatch):
 
 
 def test_an_interrupted_run_leaves_no_result_file(tmp_path, monkeypatch):
-    import ckd.methods
-
-    original = ckd.methods.make_strategy
-
-    def interrupted(*args, **kwargs):
-        strategy = original(*args, **kwargs)
-        train = strategy.train
-
-        def train_then_die(experience, **kw):
-            if experience.current_experience == 2:
-                raise KeyboardInterrupt
-            return train(experience, **kw)
-
-        strategy.train = train_then_die
-        return strategy
-
-    monkeypatch.setattr(ckd.methods, "make_strategy", interrupted)
+    interrupt_at(monkeypatch, 2)
     config = RunConfig("split-digits", "naive", epochs=1)
     with pytest.raises(KeyboardInterrupt):
         run_to_file(config, tmp_path)
