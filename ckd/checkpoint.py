@@ -274,6 +274,3 @@ class RunCheckpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         write_checkpoint(self.path, {"key": self.key, "state": state}, self.train_stream)
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
