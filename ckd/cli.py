@@ -77,7 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loader", default=None, choices=["tensor", "avalanche"],
                    help="training data from in-memory tensors (default) or Avalanche's DataLoader")
     r.add_argument("--vectorize", action="store_true",
-                   help="train the seeds of each method as one stacked model, in one pass (ckd.vectorized)")
+                   help="train the seeds of each method as one stacked model, in one pass (ckd.engines.vectorized)")
     r.add_argument("--label", default=None)
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="method settings, e.g. --set alpha=0.5 temperature=4")
@@ -162,13 +162,13 @@ def _print_outcome(outcome, prefix: str = "", debug: bool = False) -> None:
 def _scheduler(args, ray_address: str | None = None, tune: bool = False):
     """Ray when ``args.ray`` (or ``ray_address``) names one, as Ray Tune trials with
     ``tune``, else this machine's process pool."""
-    from ckd.loggers import check_loggers
-    from ckd.scheduling import LocalScheduler
+    from ckd.benchmarking.loggers import check_loggers
+    from ckd.benchmarking.scheduling import LocalScheduler
 
     address = getattr(args, "ray", None) or ray_address
     if address is not None:
-        from ckd.ray_scheduler import RayScheduler
-        from ckd.ray_sweep import TuneScheduler
+        from ckd.benchmarking.ray_scheduler import RayScheduler
+        from ckd.benchmarking.tune_scheduler import TuneScheduler
 
         if args.jobs != 1:
             raise ValueError("--jobs is for runs on this machine; with Ray the cluster's CPUs decide, drop --jobs")
@@ -189,7 +189,7 @@ def _scheduler(args, ray_address: str | None = None, tune: bool = False):
 
 def _run_all(configs, args, ray_address: str | None = None) -> list:
     """Run ``configs`` (see :func:`_scheduler`), printing each as it finishes."""
-    from ckd.scheduling import run_all
+    from ckd.benchmarking.scheduling import run_all
 
     scheduler = _scheduler(args, ray_address)
     done = []
@@ -204,12 +204,12 @@ def _run_all(configs, args, ray_address: str | None = None) -> list:
 
 def _run_vectorized(configs, args) -> list:
     """Run each group of ``configs`` that differ only in their seed as one pass of a
-    stacked model (``ckd.vectorized``), one group after another; every group is
+    stacked model (``ckd.engines.vectorized``), one group after another; every group is
     checked before any runs."""
     from dataclasses import replace
 
-    from ckd.scheduling import RunOutcome
-    from ckd.vectorized import check_vectorizable, run_vectorized_to_files
+    from ckd.benchmarking.scheduling import RunOutcome
+    from ckd.engines.vectorized import check_vectorizable, run_vectorized_to_files
 
     groups: dict[str, list] = {}
     for c in configs:
@@ -226,8 +226,8 @@ def _run_vectorized(configs, args) -> list:
 
 
 def _cmd_run(args) -> int:
-    from ckd.runner import config_from_result
-    from ckd.suite import method_configs
+    from ckd.benchmarking.runner import config_from_result
+    from ckd.benchmarking.suite import method_configs
 
     if args.from_result:
         result = json.loads(Path(args.from_result).read_text())
@@ -252,7 +252,7 @@ def _cmd_run(args) -> int:
         )
     outcomes = _run_vectorized(configs, args) if args.vectorize else _run_all(configs, args)
     if len(outcomes) > 1:
-        from ckd.summary import format_markdown, summarize
+        from ckd.reports.summary import format_markdown, summarize
 
         print()
         print(format_markdown(summarize([json.loads(o.path.read_text()) for o in outcomes])))
@@ -260,8 +260,8 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_suite(args) -> int:
-    from ckd.runner import result_path
-    from ckd.suite import load_suite, suite_ray_address, suite_vectorizes
+    from ckd.benchmarking.runner import result_path
+    from ckd.benchmarking.suite import load_suite, suite_ray_address, suite_vectorizes
 
     configs = load_suite(args.suite, device=args.device)
     overrides = dict(amp=args.amp, checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema)
@@ -285,8 +285,9 @@ def _cmd_suite(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from ckd.runner import RunConfig
-    from ckd.sweep import format_sweep, run_sweep
+    from ckd.benchmarking.runner import RunConfig
+    from ckd.benchmarking.sweep import run_sweep
+    from ckd.reports.sweeps import format_sweep
 
     common = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, eval_ema_half_life=args.eval_ema)
     common = {k: v for k, v in common.items() if v is not None}
@@ -309,7 +310,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from ckd.summary import format_markdown, load_results, summarize, write_summary
+    from ckd.reports.summary import format_markdown, load_results, summarize, write_summary
 
     results = load_results(args.results)
     if not results:
@@ -322,7 +323,7 @@ def _cmd_summary(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from ckd.plotting import plot_all
+    from ckd.reports.plotting import plot_all
 
     paths = plot_all(args.results, args.out, fmt=args.format, labels=args.labels)
     if not paths:
@@ -355,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        from ckd.errors import one_line
+        from ckd.common.errors import one_line
 
         print(f"ckd: error: {one_line(err)}", file=sys.stderr)
         return 2

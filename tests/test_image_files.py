@@ -1,4 +1,4 @@
-"""Tests for ``ckd.image_files`` and the streams built on it: ``split-cifar10`` from the JPEG
+"""Tests for ``ckd.data.image_files`` and the streams built on it: ``split-cifar10`` from the JPEG
 copy of CIFAR-10, and ``image-folder:PATH``.
 
 The CIFAR-10 tests read the real archive, ``CIFAR10-JPEG/cifar10-jpeg.tar.gz`` under
@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import ckd.image_files as image_files
-import ckd.streams as streams
-from ckd.augment import CIFAR10_NORMALIZATION
-from ckd.files import md5sum
-from ckd.image_files import load_image_set
-from ckd.runner import RunConfig, run
-from ckd.streams import DatasetNotFoundError, make_stream
+import ckd.data.image_files as image_files
+import ckd.data.streams as streams
+from ckd.benchmarking.runner import RunConfig, run
+from ckd.common.files import md5sum
+from ckd.data.augmentation import CIFAR10_NORMALIZATION
+from ckd.data.image_files import load_image_set
+from ckd.data.streams import DatasetNotFoundError, make_stream
 
 REPO = Path(__file__).resolve().parents[1]
 JPEG = "CIFAR10-JPEG/cifar10-jpeg.tar.gz"

@@ -1,8 +1,8 @@
-"""Tests for ``ckd.streams``: the seeded task streams and their data loading.
+"""Tests for ``ckd.data.streams``: the seeded task streams and their data loading.
 
 MNIST-based tests read the data root from ``CKD_DATA_ROOT`` and are skipped when
 the files are not there; raw IDX files are decoded here independently of
-``ckd.streams`` to serve as the reference.
+``ckd.data.streams`` to serve as the reference.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import ckd.streams as streams
-from ckd.streams import DatasetNotFoundError, Stream, available_streams, make_stream, resolve_data_root
+import ckd.data.streams as streams
+from ckd.data.streams import DatasetNotFoundError, Stream, available_streams, make_stream, resolve_data_root
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ckd.teacher import (
+from ckd.distillation.teachers import (
     CachedTeacher,
     EMATeacher,
     EMAWeights,

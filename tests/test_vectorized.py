@@ -5,11 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ckd.losses import soft_kl
-from ckd.methods import METHOD_DEFAULTS
-from ckd.models import mlp, small_cnn
-from ckd.runner import RunConfig, run
-from ckd.vectorized import StackedModel, _summed_loss, check_vectorizable, run_vectorized, run_vectorized_to_files
+from ckd.benchmarking.methods import METHOD_DEFAULTS
+from ckd.benchmarking.runner import RunConfig, run
+from ckd.data.models import mlp, small_cnn
+from ckd.distillation.losses import soft_kl
+from ckd.engines.vectorized import (
+    StackedModel,
+    _summed_loss,
+    check_vectorizable,
+    run_vectorized,
+    run_vectorized_to_files,
+)
 
 SEEDS = (0, 1, 2)
 
