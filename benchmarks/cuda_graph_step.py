@@ -18,7 +18,8 @@ import torch
 
 from ckd.benchmarking.runner import device_name
 from ckd.data.models import mlp
-from ckd.engines.vectorized import StackedModel, _summed_loss
+from ckd.engines.stacked_kd import summed_loss
+from ckd.engines.stacked_model import StackedModel
 
 
 def _measure(n_seeds: int, steps: int, repeats: int) -> dict[str, float]:
@@ -42,7 +43,7 @@ def _measure(n_seeds: int, steps: int, repeats: int) -> dict[str, float]:
         with torch.no_grad():
             target = net(rx, params=teacher)
         out = net(torch.cat([x, rx], dim=1))
-        loss, _ = _summed_loss(out, y, ry, target, None, 1.0, 1.0, 4.0)
+        loss, _ = summed_loss(out, y, ry, target, None, 1.0, 1.0, 4.0)
         loss.backward()
         with torch.no_grad():
             torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)

@@ -151,7 +151,7 @@ class VectorizedMethod:
 
     def __init__(self, args: argparse.Namespace, n_seeds: int) -> None:
         from ckd.benchmarking.runner import RunConfig
-        from ckd.engines.vectorized import VectorizedTraining
+        from ckd.benchmarking.vectorized_runs import VectorizedTraining
 
         configs = [
             RunConfig("split-mnist", "kd-replay", seed=s, lr=0.03, batch_size=10, epochs=1, device=args.device,

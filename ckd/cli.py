@@ -209,7 +209,7 @@ def _run_vectorized(configs, args) -> list:
     from dataclasses import replace
 
     from ckd.benchmarking.scheduling import RunOutcome
-    from ckd.engines.vectorized import check_vectorizable, run_vectorized_to_files
+    from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized_to_files
 
     groups: dict[str, list] = {}
     for c in configs:

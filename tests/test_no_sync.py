@@ -155,8 +155,10 @@ def test_no_training_iteration_of_any_method_syncs(method, loader):
 def test_no_vectorized_step_syncs(method, args, device, monkeypatch):
     """Each step of the vectorized pass (``ckd.engines.vectorized._step``, then the buffers'
     insertion and the EMAs' update) from the second experience on."""
+    import ckd.engines.stacked_kd as stacked_kd
     import ckd.engines.vectorized as vectorized
     from ckd.benchmarking.runner import RunConfig
+    from ckd.benchmarking.vectorized_runs import VectorizedTraining
 
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
@@ -166,7 +168,7 @@ def test_no_vectorized_step_syncs(method, args, device, monkeypatch):
                for s in (0, 1)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        training = vectorized.VectorizedTraining(configs)
+        training = VectorizedTraining(configs)
     training.train_experience(0)
     guarded = []
 
@@ -179,8 +181,8 @@ def test_no_vectorized_step_syncs(method, args, device, monkeypatch):
         return run
 
     monkeypatch.setattr(vectorized, "_step", guard(vectorized._step))
-    monkeypatch.setattr(vectorized._StackedKD, "after_iteration", guard(vectorized._StackedKD.after_iteration))
-    monkeypatch.setattr(vectorized._StackedEMA, "update", guard(vectorized._StackedEMA.update))
+    monkeypatch.setattr(stacked_kd.StackedKD, "after_iteration", guard(stacked_kd.StackedKD.after_iteration))
+    monkeypatch.setattr(stacked_kd.StackedEMA, "update", guard(stacked_kd.StackedEMA.update))
     training.train_experience(1)
     assert guarded.count("_step") >= 6
 

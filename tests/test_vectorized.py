@@ -7,15 +7,11 @@ import torch.nn.functional as F
 
 from ckd.benchmarking.methods import METHOD_DEFAULTS
 from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized, run_vectorized_to_files
 from ckd.data.models import mlp, small_cnn
 from ckd.distillation.losses import soft_kl
-from ckd.engines.vectorized import (
-    StackedModel,
-    _summed_loss,
-    check_vectorizable,
-    run_vectorized,
-    run_vectorized_to_files,
-)
+from ckd.engines.stacked_kd import summed_loss
+from ckd.engines.stacked_model import StackedModel
 
 SEEDS = (0, 1, 2)
 
@@ -188,7 +184,7 @@ def test_summed_loss_gradient_is_that_of_the_seeds_sequential_losses(alpha, beta
     width = classes - 2 if masked else classes  # a head that grew since the teacher
     target = torch.randn(seeds, replayed, width) * 2
     mask = torch.rand(seeds, replayed, width) > 0.3 if masked else None
-    loss, kd = _summed_loss(out, y, replay_y, target, mask, alpha, beta, temperature)
+    loss, kd = summed_loss(out, y, replay_y, target, mask, alpha, beta, temperature)
     (grad,) = torch.autograd.grad(loss, out)
 
     kd_terms = [soft_kl(out[s, n:], target[s], temperature, None if mask is None else mask[s]) for s in range(seeds)]

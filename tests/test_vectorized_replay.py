@@ -5,9 +5,9 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized
 from ckd.data.streams import make_stream
 from ckd.engines.training import dataset_tensors
-from ckd.engines.vectorized import check_vectorizable, run_vectorized
 from ckd.engines.vectorized_replay import StackedExperienceReplay
 from recording import run_with_plugin
 
