@@ -15,9 +15,9 @@ from ckd.distillation.diagnostics import (
     find_distiller,
     split_accuracy,
 )
+from ckd.distillation.frozen import FrozenModel
 from ckd.distillation.parts.current_data import CurrentDistillationPlugin
 from ckd.distillation.plugin import KDReplayPlugin
-from ckd.distillation.teachers import FrozenModel
 
 REPORT_KEYS = {"agreement", "kl", "teacher_accuracy", "teacher_correct_accuracy", "teacher_wrong_accuracy",
                "ece_student", "ece_teacher"}

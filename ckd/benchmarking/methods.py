@@ -12,6 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ckd.distillation.ema import EMA_HALF_LIFE
+from ckd.distillation.replay import REPLAY_POLICIES
+
 __all__ = ["LEGACY_KD_ARGS", "LEGACY_REPLAY_ARGS", "METHOD_DEFAULTS", "TrainSettings", "available_methods", "make_strategy", "resolve_method_args"]
 
 
@@ -46,7 +49,7 @@ _PART_DEFAULTS: dict[str, Any] = {
     "known_classes_only": False,
     "n_teachers": 1,
     "ensemble": "own",
-    "ema_half_life": 0.3,
+    "ema_half_life": EMA_HALF_LIFE,
     "logit_weight": 0.0,
     "current_alpha": 0.0,
     "current_classes_only": False,
@@ -141,8 +144,8 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
             **{k: args[k] for k in ("mem_size", "replay_batch_size", "alpha", "beta", "seed", "joint_forward")}
         )]
     if method == "replay":
-        if args["policy"] not in ("reservoir", "experience_balanced"):
-            raise ValueError(f"replay policy must be 'reservoir' or 'experience_balanced', got {args['policy']!r}")
+        if args["policy"] not in REPLAY_POLICIES:
+            raise ValueError(f"replay policy must be one of {REPLAY_POLICIES}, got {args['policy']!r}")
         storage = (
             ReservoirSamplingBuffer(args["mem_size"])
             if args["policy"] == "reservoir"

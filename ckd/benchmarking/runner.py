@@ -22,6 +22,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from ckd.common.files import write_json_atomic
+from ckd.distillation.ema import EMA_HALF_LIFE
 from ckd.distillation.parts.weight_averaging import evaluation_model
 from ckd.reports.metrics import compute_metrics
 
@@ -61,7 +62,7 @@ USER_STREAM_DEFAULTS: dict[str, Any] = {"model": "mlp"}
 # experience's training iterations; 0: score the trained weights). Chosen on validation
 # splits (docs/tuning.md): 0.3 on class-incremental streams, 1.0 on the 20-experience
 # domain streams. Every method gets it, and the trained weights are scored too.
-EVAL_EMA_DEFAULT = 0.3
+EVAL_EMA_DEFAULT = EMA_HALF_LIFE
 EVAL_EMA_BY_STREAM: dict[str, float] = {"permuted-mnist": 1.0, "rotated-mnist": 1.0}
 AMP_DTYPES = ("bf16", "fp16")
 

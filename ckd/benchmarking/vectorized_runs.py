@@ -20,6 +20,7 @@ from ckd.benchmarking.runner import PER_EXPERIENCE_ARGS, AccuracyEvaluator, resu
 from ckd.common.files import write_json_atomic
 from ckd.data.models import make_model
 from ckd.data.streams import make_stream
+from ckd.distillation.teachers import DEFAULT_TEACHER
 from ckd.engines.training import dataset_tensors
 from ckd.engines.vectorized import VectorizedPass
 from ckd.engines.vectorized_replay import check_replay_args
@@ -87,7 +88,7 @@ def check_vectorizable(configs: Sequence) -> None:
             raise ValueError(
                 f"vectorize needs {name}={value!r} (got {args[name]!r}): that part is not stacked; run without --vectorize"
             )
-    teacher = "cached" if method == "kd-replay-cached" else args.get("teacher", "snapshot")
+    teacher = "cached" if method == "kd-replay-cached" else args.get("teacher", DEFAULT_TEACHER)
     if teacher not in _TEACHERS:
         raise ValueError(f"vectorize covers the teachers {_TEACHERS}, got teacher={teacher!r}: run without --vectorize")
 

@@ -8,11 +8,9 @@ from typing import Sequence
 
 from ckd.distillation.buffer import POLICIES
 from ckd.distillation.losses import check_temperature
+from ckd.distillation.teachers import DEFAULT_TEACHER, TEACHER_NAMES
 
 __all__ = ["KDReplayConfig", "TEACHER_NAMES", "per_experience"]
-
-# The teacher parts by name (ckd.distillation.teachers.TEACHERS).
-TEACHER_NAMES = ("snapshot", "cached", "own", "ensemble", "ema")
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class KDReplayConfig:
     temperature: float = 4.0
     beta: float = 1.0
     policy: str = "reservoir"
-    teacher: str = "snapshot"
+    teacher: str = DEFAULT_TEACHER
     seed: int = 0
 
     def __post_init__(self) -> None:

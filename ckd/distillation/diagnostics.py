@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ckd.distillation.frozen import FrozenModel
 from ckd.distillation.losses import soft_kl
-from ckd.distillation.teachers import FrozenModel
 
 __all__ = [
     "Distiller",

@@ -31,10 +31,11 @@ from torch import Tensor, nn
 import ckd.distillation.pickling  # noqa: F401  (Avalanche's save_checkpoint then pickles torch's optimizers)
 from ckd.distillation.buffer import ReplayBuffer, ReplaySample
 from ckd.distillation.config import TEACHER_NAMES, KDReplayConfig, _as_tuple
+from ckd.distillation.frozen import FrozenModel
 from ckd.distillation.losses import replay_cross_entropy, soft_kl, weighted
 from ckd.distillation.plugin_base import StrategyBoundPlugin, add_task_column, mark_seen_classes, steps_in_experience
 from ckd.distillation.replay import DarkExperienceReplayPlugin, OnlineReplayPlugin
-from ckd.distillation.teachers import CachedTeacher, EnsembleTeacher, FrozenModel, TrainedTeacher, make_teacher
+from ckd.distillation.teachers import CachedTeacher, EnsembleTeacher, TrainedTeacher, make_teacher
 
 __all__ = ["REPLAYING_PLUGINS", "REPLAYING_STRATEGIES", "KDReplayPlugin", "ReplayStep"]
 

@@ -32,7 +32,11 @@ from torch import Tensor
 from ckd.distillation.buffer import ReplayBuffer, ReplaySample
 from ckd.distillation.losses import asymmetric_logits, logit_mse, replay_cross_entropy, weighted
 
-__all__ = ["DarkExperienceReplayPlugin", "ERACEPlugin", "ExperienceReplayPlugin", "OnlineReplayPlugin", "Replayed"]
+__all__ = ["REPLAY_POLICIES", "DarkExperienceReplayPlugin", "ERACEPlugin", "ExperienceReplayPlugin", "OnlineReplayPlugin",
+           "Replayed"]
+
+# The memory policies of the ``replay`` method (Avalanche's ReplayPlugin): its storage policy by name.
+REPLAY_POLICIES = ("reservoir", "experience_balanced")
 
 
 class ExperienceReplayPlugin(ReplayPlugin):

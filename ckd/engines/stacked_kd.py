@@ -13,8 +13,9 @@ from torch import Tensor
 
 from ckd.distillation.buffer import ReplayBuffer, StackedBuffers
 from ckd.distillation.devices import to_device
+from ckd.distillation.ema import decay_for_half_life
 from ckd.distillation.losses import check_temperature, soft_kl_sum, weighted
-from ckd.distillation.teachers import decay_for_half_life
+from ckd.distillation.teachers import DEFAULT_TEACHER
 from ckd.engines.stacked_model import StackedModel
 
 __all__ = ["StackedEMA", "StackedKD", "summed_loss"]
@@ -52,7 +53,7 @@ class StackedKD:
 
     def __init__(self, method: str, args: dict[str, Any], seeds: Sequence[int], device: torch.device) -> None:
         self.args = args
-        self.teacher = "cached" if method == "kd-replay-cached" else args.get("teacher", "snapshot")
+        self.teacher = "cached" if method == "kd-replay-cached" else args.get("teacher", DEFAULT_TEACHER)
         alpha = args["alpha"]
         self.alphas = tuple(alpha) if isinstance(alpha, (list, tuple)) else None
         self.alpha_value = 0.0 if self.alphas is not None else float(alpha)

@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ckd.distillation.replay import REPLAY_POLICIES
 from ckd.engines.tensor_replay import replay_rows
 
 __all__ = ["REPLAY_POLICIES", "StackedExperienceReplay", "check_replay_args"]
 
-REPLAY_POLICIES = ("reservoir", "experience_balanced")
 
 Rows = tuple[Tensor, Tensor, Tensor]  # x (N, ...), y (N,), task (N,)
 

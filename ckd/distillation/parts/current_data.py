@@ -11,10 +11,11 @@ from avalanche.models.utils import avalanche_forward
 from torch import Tensor
 
 from ckd.distillation.config import _is_number, per_experience
+from ckd.distillation.frozen import FrozenModel
 from ckd.distillation.losses import check_temperature, soft_kl
 from ckd.distillation.plugin import KDReplayPlugin
 from ckd.distillation.plugin_base import add_task_column, mark_seen_classes, require_among_plugins
-from ckd.distillation.teachers import FrozenModel, SnapshotTeacher
+from ckd.distillation.teachers import SnapshotTeacher
 
 __all__ = ["AsymmetricCrossEntropyPlugin", "CurrentDistillationPlugin"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ckd.distillation.ema import EMA_HALF_LIFE, EMAWeights
 from ckd.distillation.plugin_base import StrategyBoundPlugin, steps_in_experience
-from ckd.distillation.teachers import EMAWeights
 
 __all__ = ["EMAEvaluationPlugin", "evaluation_model"]
 
@@ -27,7 +27,7 @@ class EMAEvaluationPlugin(StrategyBoundPlugin):
 
     keeps = "its averaged weights"
 
-    def __init__(self, half_life: float = 0.3, update_probability: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, half_life: float = EMA_HALF_LIFE, update_probability: float = 1.0, seed: int = 0) -> None:
         super().__init__()
         self.weights = EMAWeights(half_life, update_probability, seed)
         self._trained: nn.Module | None = None  # strategy.model while the average stands in for it
