@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ckd.benchmarking.methods import TrainSettings, make_strategy
-from ckd.benchmarking.runner import AccuracyEvaluator
+from ckd.benchmarking.scoring import AccuracyEvaluator
 from ckd.data.models import make_model
 from ckd.data.streams import make_stream
 from ckd.distillation.buffer import ReplayBuffer

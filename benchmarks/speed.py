@@ -150,7 +150,7 @@ class VectorizedMethod:
     experience 0, then timed on experience 1 (every seed's parameters restored each time)."""
 
     def __init__(self, args: argparse.Namespace, n_seeds: int) -> None:
-        from ckd.benchmarking.runner import RunConfig
+        from ckd.benchmarking.run_config import RunConfig
         from ckd.benchmarking.vectorized_runs import VectorizedTraining
 
         configs = [

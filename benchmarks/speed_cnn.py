@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from speed import median_ratios
 
 from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
-from ckd.benchmarking.runner import AccuracyEvaluator, device_name
+from ckd.benchmarking.runner import device_name
+from ckd.benchmarking.scoring import AccuracyEvaluator
 from ckd.common.files import write_json_atomic
 from ckd.data.augmentation import AugmentationPlugin
 from ckd.data.models import reduced_resnet18

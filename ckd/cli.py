@@ -226,7 +226,7 @@ def _run_vectorized(configs, args) -> list:
 
 
 def _cmd_run(args) -> int:
-    from ckd.benchmarking.runner import config_from_result
+    from ckd.benchmarking.run_config import config_from_result
     from ckd.benchmarking.suite import method_configs
 
     if args.from_result:
@@ -260,7 +260,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_suite(args) -> int:
-    from ckd.benchmarking.runner import result_path
+    from ckd.benchmarking.run_config import result_path
     from ckd.benchmarking.suite import load_suite, suite_ray_address, suite_vectorizes
 
     configs = load_suite(args.suite, device=args.device)
@@ -285,7 +285,7 @@ def _cmd_suite(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from ckd.benchmarking.runner import RunConfig
+    from ckd.benchmarking.run_config import RunConfig
     from ckd.benchmarking.sweep import run_sweep
     from ckd.reports.sweeps import format_sweep
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import ckd.benchmarking.methods
+import ckd.benchmarking.runner
 from ckd.benchmarking.runner import run
 
 _MAKE_STRATEGY = ckd.benchmarking.methods.make_strategy  # the original: a second call must not wrap the first's wrapper
@@ -16,7 +17,7 @@ def run_with_plugin(config, plugin, monkeypatch) -> dict:
     def with_plugin(*args, extra_plugins=None, **kwargs):
         return _MAKE_STRATEGY(*args, extra_plugins=[*(extra_plugins or []), plugin], **kwargs)
 
-    monkeypatch.setattr(ckd.benchmarking.methods, "make_strategy", with_plugin)
+    monkeypatch.setattr(ckd.benchmarking.runner, "make_strategy", with_plugin)  # where run looks it up
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return run(config)
@@ -36,4 +37,4 @@ def interrupt_at(monkeypatch, experience: int) -> None:
         strategy.train = train_then_die
         return strategy
 
-    monkeypatch.setattr(ckd.benchmarking.methods, "make_strategy", interrupted)
+    monkeypatch.setattr(ckd.benchmarking.runner, "make_strategy", interrupted)

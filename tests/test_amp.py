@@ -11,7 +11,8 @@ from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 
-from ckd.benchmarking.runner import RunConfig, config_from_result, run
+from ckd.benchmarking.run_config import RunConfig, config_from_result
+from ckd.benchmarking.runner import run
 from ckd.data.streams import make_stream
 from ckd.engines.amp import MixedPrecisionPlugin
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ckd.benchmarking.checkpoint import read_checkpoint
-from ckd.benchmarking.runner import RunConfig, checkpoint_path, config_from_result, result_path, run, run_to_file
+from ckd.benchmarking.run_config import RunConfig, checkpoint_path, config_from_result, result_path
+from ckd.benchmarking.runner import run, run_to_file
 from recording import interrupt_at
 
 SMALL = {"max_train_per_experience": 150}

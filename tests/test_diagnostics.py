@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from ckd.benchmarking.methods import METHOD_DEFAULTS
-from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
 from ckd.distillation.diagnostics import (
     TeacherComparison,
     agreement,

@@ -3,7 +3,8 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from ckd import KDReplayPlugin
-from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
 from ckd.data.streams import make_stream
 from ckd.distillation.parts.current_data import CurrentDistillationPlugin
 from ckd.distillation.parts.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 
 import ckd.data.image_files as image_files
 import ckd.data.streams as streams
-from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
 from ckd.common.files import md5sum
 from ckd.data.augmentation import CIFAR10_NORMALIZATION
 from ckd.data.image_files import load_image_set

@@ -5,7 +5,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ckd.benchmarking.loggers import check_loggers
-from ckd.benchmarking.runner import RunConfig, result_path, run_to_file
+from ckd.benchmarking.run_config import RunConfig, result_path
+from ckd.benchmarking.runner import run_to_file
 
 CONFIG = RunConfig("split-digits", "kd-replay", seed=0, epochs=1, max_train_per_experience=120,
                    method_args={"mem_size": 40})

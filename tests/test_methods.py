@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from ckd.benchmarking.methods import LEGACY_KD_ARGS, METHOD_DEFAULTS, make_strategy, resolve_method_args
-from ckd.benchmarking.runner import config_from_result
+from ckd.benchmarking.run_config import config_from_result
 
 RESULTS = sorted(Path(__file__).parents[1].joinpath("benchmarks", "results").rglob("*__seed*.json"))
 

@@ -157,7 +157,7 @@ def test_no_vectorized_step_syncs(method, args, device, monkeypatch):
     insertion and the EMAs' update) from the second experience on."""
     import ckd.engines.stacked_kd as stacked_kd
     import ckd.engines.vectorized as vectorized
-    from ckd.benchmarking.runner import RunConfig
+    from ckd.benchmarking.run_config import RunConfig
     from ckd.benchmarking.vectorized_runs import VectorizedTraining
 
     if device == "cuda" and not torch.cuda.is_available():

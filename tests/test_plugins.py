@@ -16,7 +16,9 @@ from torch import nn
 
 import user_scripts
 from ckd import KDReplayPlugin
-from ckd.benchmarking.runner import AccuracyEvaluator, RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
+from ckd.benchmarking.scoring import AccuracyEvaluator
 from ckd.data.streams import make_stream
 from ckd.distillation.parts.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
 from ckd.distillation.parts.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin

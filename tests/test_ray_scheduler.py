@@ -12,7 +12,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from ckd.benchmarking.ray_scheduler import RayScheduler  # noqa: E402
-from ckd.benchmarking.runner import RunConfig, result_path  # noqa: E402
+from ckd.benchmarking.run_config import RunConfig, result_path  # noqa: E402
 from ckd.benchmarking.scheduling import FAILURES_FILE, LocalScheduler, run_all  # noqa: E402
 from ckd.benchmarking.suite import load_suite  # noqa: E402
 from ckd.common.errors import RunsFailed  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from ckd.benchmarking.runner import RunConfig  # noqa: E402
+from ckd.benchmarking.run_config import RunConfig  # noqa: E402
 from ckd.benchmarking.scheduling import LocalScheduler  # noqa: E402
 from ckd.benchmarking.sweep import run_sweep  # noqa: E402
 from ckd.benchmarking.tune_scheduler import TuneScheduler  # noqa: E402

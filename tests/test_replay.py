@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
-from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
 from ckd.distillation.replay import DarkExperienceReplayPlugin, ERACEPlugin, OnlineReplayPlugin
 from recording import run_with_plugin
 
@@ -219,7 +220,7 @@ def test_methods_build_their_plugin_with_their_settings_and_the_runs_seed(method
 
 @pytest.mark.parametrize("method", ["er", "er-ace", "der-authors"])
 def test_results_written_before_the_separate_forwards_read_as_one_joint_forward(method):
-    from ckd.benchmarking.runner import config_from_result
+    from ckd.benchmarking.run_config import config_from_result
 
     written = RunConfig("split-digits", method, seed=0).resolved()
     del written["method_args"]["joint_forward"]  # as every such result written before the setting existed

@@ -4,7 +4,8 @@ import matplotlib.image
 import pytest
 
 import ckd.benchmarking.runner as runner_module
-from ckd.benchmarking.runner import RunConfig, checkpoint_path, config_from_result, run, run_to_file
+from ckd.benchmarking.run_config import RunConfig, checkpoint_path, config_from_result
+from ckd.benchmarking.runner import run, run_to_file
 from ckd.benchmarking.suite import load_suite
 from ckd.cli import main
 from recording import interrupt_at
@@ -257,7 +258,7 @@ def test_the_stream_sets_the_default_ema_half_life_and_bad_values_are_refused():
 
 def test_a_result_written_with_ema_as_a_method_setting_is_kept(tmp_path):
     """Results written when EMA scoring was a kd-* method setting still count as done."""
-    from ckd.benchmarking.runner import has_result, result_path
+    from ckd.benchmarking.run_config import has_result, result_path
 
     config = RunConfig("split-digits", "kd-replay", seed=0, epochs=1, eval_ema_half_life=0.3)
     old = json.loads(json.dumps(config.resolved()))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ckd.benchmarking.runner import RunConfig, result_path
+from ckd.benchmarking.run_config import RunConfig, result_path
 from ckd.benchmarking.scheduling import FAILURES_FILE, LocalScheduler, execute, run_all
 from ckd.common.errors import RunsFailed
 

@@ -4,7 +4,7 @@ import math
 import matplotlib.image
 import pytest
 
-from ckd.benchmarking.runner import RunConfig
+from ckd.benchmarking.run_config import RunConfig
 from ckd.benchmarking.sweep import sweep_configs
 from ckd.cli import main
 from ckd.reports.plotting import plot_distillers_dilemma

@@ -9,7 +9,8 @@ from avalanche.training.utils import cycle
 from torch.utils.data import DataLoader, TensorDataset
 
 from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
-from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
 from ckd.data.models import mlp
 from ckd.data.streams import make_stream
 from ckd.engines.tensor_replay import CycledBatches, ReplayBatches, cycled_rows, replay_rows

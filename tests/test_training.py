@@ -7,7 +7,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from torch.utils.data import DataLoader
 
 from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
-from ckd.benchmarking.runner import AccuracyEvaluator
+from ckd.benchmarking.scoring import AccuracyEvaluator
 from ckd.data.models import mlp
 from ckd.data.streams import make_stream
 from ckd.engines.training import TensorBatches, TensorNaive, dataset_tensors

@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
 from ckd.cli import main
 from ckd.data.streams import make_stream
 from ckd.data.user_code import call_with_accepted, is_reference, load_callable

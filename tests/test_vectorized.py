@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from ckd.benchmarking.methods import METHOD_DEFAULTS
-from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
 from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized, run_vectorized_to_files
 from ckd.data.models import mlp, small_cnn
 from ckd.distillation.losses import soft_kl

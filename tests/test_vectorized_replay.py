@@ -4,7 +4,8 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-from ckd.benchmarking.runner import RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
 from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized
 from ckd.data.streams import make_stream
 from ckd.engines.training import dataset_tensors

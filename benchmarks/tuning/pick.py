@@ -48,7 +48,7 @@ def suite(results_dir: str, baseline_seeds: list[int], kd_seeds: list[int]) -> s
     import json
     from pathlib import Path
 
-    from ckd.benchmarking.runner import config_from_result
+    from ckd.benchmarking.run_config import config_from_result
 
     configs = {}
     for path in Path(results_dir).glob("*__seed0.json"):

@@ -23,7 +23,7 @@ from ckd.common.errors import one_line
 from ckd.common.files import write_json_atomic
 
 if TYPE_CHECKING:
-    from ckd.benchmarking.runner import RunConfig
+    from ckd.benchmarking.run_config import RunConfig
 
 __all__ = ["LOCAL", "RayScheduler", "import_ray"]
 
@@ -84,7 +84,7 @@ class RayScheduler(Scheduler):
 
     def _split_finished(self, configs: list[RunConfig], out_dir: Path) -> tuple[list[RunOutcome], list[RunConfig]]:
         """The runs whose result exists (kept, unless ``force``) and the ones still to do."""
-        from ckd.benchmarking.runner import has_result, result_path
+        from ckd.benchmarking.run_config import has_result, result_path
 
         kept, todo = [], []
         for config in configs:
@@ -140,7 +140,7 @@ class RayScheduler(Scheduler):
 
     @staticmethod
     def _finish(ray, ref, config: RunConfig, out_dir: Path) -> RunOutcome:
-        from ckd.benchmarking.runner import result_path
+        from ckd.benchmarking.run_config import result_path
 
         path = result_path(out_dir, config)
         try:
@@ -163,7 +163,8 @@ def _run_task(
 
     with warnings.catch_warnings():
         warnings.filters[:] = filters
-        from ckd.benchmarking.runner import RunConfig, run
+        from ckd.benchmarking.run_config import RunConfig
+        from ckd.benchmarking.runner import run
 
         try:
             return run(RunConfig(**config), data_root=data_root), None, None

@@ -33,7 +33,7 @@ from ckd.common.errors import RunsFailed, one_line
 from ckd.common.files import write_json_atomic
 
 if TYPE_CHECKING:
-    from ckd.benchmarking.runner import RunConfig
+    from ckd.benchmarking.run_config import RunConfig
 
 __all__ = [
     "FAILURES_FILE",
@@ -85,7 +85,8 @@ def execute(
     A failed run is returned as an outcome with its error, not raised, so that a
     scheduler carries on with the others; ``KeyboardInterrupt`` still stops it.
     """
-    from ckd.benchmarking.runner import result_path, run_to_file
+    from ckd.benchmarking.run_config import result_path
+    from ckd.benchmarking.runner import run_to_file
 
     try:
         path, ran = run_to_file(config, out_dir, data_root, progress, skip_existing=not force, loggers=loggers)
@@ -131,7 +132,7 @@ def run_all(
     """Run every config with ``scheduler``, calling ``on_outcome`` as each finishes; the
     outcomes in the order of ``configs``. Raises :class:`RunsFailed` once all have
     finished if any failed."""
-    from ckd.benchmarking.runner import result_path
+    from ckd.benchmarking.run_config import result_path
 
     rank = {result_path(out_dir, c).name: k for k, c in enumerate(configs)}
     outcomes = []
@@ -166,7 +167,7 @@ class LocalScheduler(Scheduler):
         self.progress = progress
 
     def _outcomes(self, configs: list[RunConfig], out_dir: Path) -> Iterator[RunOutcome]:
-        from ckd.benchmarking.runner import result_path
+        from ckd.benchmarking.run_config import result_path
 
         if self.jobs == 1 or len(configs) <= 1:
             for config in configs:

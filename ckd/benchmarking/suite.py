@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ckd.benchmarking.methods import resolve_method_args
-from ckd.benchmarking.runner import RunConfig
+from ckd.benchmarking.run_config import RunConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

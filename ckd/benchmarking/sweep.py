@@ -26,7 +26,7 @@ from ckd.reports.plotting import plot_distillers_dilemma
 from ckd.reports.sweeps import recommend, summarize_sweep, weight_key
 
 if TYPE_CHECKING:
-    from ckd.benchmarking.runner import RunConfig
+    from ckd.benchmarking.run_config import RunConfig
     from ckd.benchmarking.scheduling import RunOutcome, Scheduler
 
 __all__ = ["Sweep", "run_sweep", "sweep_configs"]

@@ -24,7 +24,7 @@ from ckd.common.errors import one_line
 from ckd.common.files import write_json_atomic
 
 if TYPE_CHECKING:
-    from ckd.benchmarking.runner import RunConfig
+    from ckd.benchmarking.run_config import RunConfig
 
 __all__ = ["EARLY_STOPPING", "TuneScheduler"]
 
@@ -49,7 +49,7 @@ class TuneScheduler(RayScheduler):
         self.early_stopping = early_stopping
 
     def _outcomes(self, configs: list[RunConfig], out_dir: Path) -> Iterator[RunOutcome]:
-        from ckd.benchmarking.runner import result_path
+        from ckd.benchmarking.run_config import result_path
 
         kept, todo = self._split_finished(configs, out_dir)
         yield from kept
@@ -103,7 +103,7 @@ class TuneScheduler(RayScheduler):
 
 
 def _outcome(trial_result, todo: list[RunConfig], written: dict[int, Path], out_dir: Path) -> RunOutcome:
-    from ckd.benchmarking.runner import result_path
+    from ckd.benchmarking.run_config import result_path
 
     index = trial_result.config["index"]
     config = todo[index]
@@ -128,7 +128,8 @@ def _trial(params: dict, *, configs: list[dict], data_root: str | None, filters:
 
     with warnings.catch_warnings():
         warnings.filters[:] = filters
-        from ckd.benchmarking.runner import RunConfig, run
+        from ckd.benchmarking.run_config import RunConfig
+        from ckd.benchmarking.runner import run
 
         def report(i: int, n: int, accuracies: list[float]) -> None:
             if i < n - 1:

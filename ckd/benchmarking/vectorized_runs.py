@@ -16,7 +16,9 @@ import torch
 from torch import Tensor
 
 from ckd.benchmarking.methods import resolve_method_args
-from ckd.benchmarking.runner import PER_EXPERIENCE_ARGS, AccuracyEvaluator, result_path, result_record, seed_everything
+from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, result_path
+from ckd.benchmarking.runner import result_record, seed_everything
+from ckd.benchmarking.scoring import AccuracyEvaluator
 from ckd.common.files import write_json_atomic
 from ckd.data.models import make_model
 from ckd.data.streams import make_stream
@@ -249,7 +251,7 @@ def run_vectorized_to_files(
     progress: bool = False,
     skip_existing: bool = True,
 ) -> list[tuple[Path, bool]]:
-    """:func:`run_vectorized` writing each seed's ``ckd.benchmarking.runner.result_path`` (atomically);
+    """:func:`run_vectorized` writing each seed's ``ckd.benchmarking.run_config.result_path`` (atomically);
     with ``skip_existing``, seeds whose result exists with the same config are not re-run
     (the others still run together). Returns ``(path, ran)`` per config."""
 
