@@ -42,7 +42,7 @@ from ckd.data.models import reduced_resnet18
 from ckd.data.streams import make_stream
 from ckd.distillation.losses import soft_kl
 from ckd.engines.amp import MixedPrecisionPlugin
-from ckd.engines.training import dataset_tensors
+from ckd.engines.tensor_data import dataset_tensors
 
 PRECISIONS = ("fp32", "bf16")
 METHODS = ("raw_loop", "kd_replay", "er")

@@ -288,7 +288,7 @@ def test_replayed_rows_pass_through_the_strategys_forward_wrappers(tmp_path, met
     from ckd.data.streams import make_stream
     from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin, evaluation_model
     from ckd.engines.amp import MixedPrecisionPlugin
-    from ckd.engines.training import dataset_tensors
+    from ckd.engines.tensor_data import dataset_tensors
 
     write_cifar10(tmp_path, train_per_class=8, test_per_class=1)
     stream = make_stream("split-cifar10", data_root=tmp_path, checksum=False, n_experiences=5)

@@ -13,8 +13,9 @@ from ckd.benchmarking.run_config import RunConfig
 from ckd.benchmarking.runner import run
 from ckd.data.models import mlp
 from ckd.data.streams import make_stream
+from ckd.engines.tensor_data import dataset_tensors
 from ckd.engines.tensor_replay import CycledBatches, ReplayBatches, cycled_rows, replay_rows
-from ckd.engines.training import TensorDER, TensorLogitBuffer, dataset_tensors
+from ckd.engines.training import TensorDER, TensorLogitBuffer
 from recording import run_with_plugin
 
 

@@ -10,7 +10,8 @@ from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_metho
 from ckd.benchmarking.scoring import AccuracyEvaluator
 from ckd.data.models import mlp
 from ckd.data.streams import make_stream
-from ckd.engines.training import TensorBatches, TensorNaive, dataset_tensors
+from ckd.engines.tensor_data import TensorBatches, dataset_tensors
+from ckd.engines.training import TensorNaive
 from host_sync import forbid_host_syncs
 
 

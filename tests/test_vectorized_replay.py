@@ -8,7 +8,7 @@ from ckd.benchmarking.run_config import RunConfig
 from ckd.benchmarking.runner import run
 from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized
 from ckd.data.streams import make_stream
-from ckd.engines.training import dataset_tensors
+from ckd.engines.tensor_data import dataset_tensors
 from ckd.engines.vectorized_replay import StackedExperienceReplay
 from recording import run_with_plugin
 

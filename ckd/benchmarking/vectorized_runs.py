@@ -23,7 +23,7 @@ from ckd.common.files import write_json_atomic
 from ckd.data.models import make_model
 from ckd.data.streams import make_stream
 from ckd.distillation.teachers import DEFAULT_TEACHER
-from ckd.engines.training import dataset_tensors
+from ckd.engines.tensor_data import dataset_tensors
 from ckd.engines.vectorized import VectorizedPass
 from ckd.engines.vectorized_replay import check_replay_args
 

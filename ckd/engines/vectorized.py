@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ckd.engines.stacked_kd import StackedEMA, StackedKD, summed_loss
 from ckd.engines.stacked_model import StackedModel
-from ckd.engines.training import TensorBatches, permutation_seed
+from ckd.engines.tensor_data import TensorBatches, permutation_seed
 from ckd.engines.vectorized_replay import StackedExperienceReplay
 
 __all__ = ["VectorizedPass"]
