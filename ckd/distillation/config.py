@@ -13,7 +13,7 @@ from ckd.distillation.teachers import DEFAULT_TEACHER, TEACHER_NAMES
 __all__ = ["KDReplayConfig", "TEACHER_NAMES", "per_experience"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KDReplayConfig:
     """Settings of :class:`KDReplayPlugin`; the defaults are the best general values
     measured on validation splits of Seq-MNIST, Split-FMNIST and split-digits

@@ -35,7 +35,7 @@ class EMAWeights:
     Floating-point buffers (BatchNorm statistics) are averaged too; others are copied.
     """
 
-    def __init__(self, half_life: float = EMA_HALF_LIFE, update_probability: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, *, half_life: float = EMA_HALF_LIFE, update_probability: float = 1.0, seed: int = 0) -> None:
         if not half_life > 0:
             raise ValueError(f"half_life must be > 0 (a fraction of an experience's steps), got {half_life}")
         if not 0 < update_probability <= 1:

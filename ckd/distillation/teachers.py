@@ -127,7 +127,7 @@ class SnapshotTeacher(Teacher):
 
     name = "snapshot"
 
-    def __init__(self, known_classes_only: bool = False, current_experience_targets: bool = False) -> None:
+    def __init__(self, *, known_classes_only: bool = False, current_experience_targets: bool = False) -> None:
         self.known_classes_only = known_classes_only
         self.current_experience_targets = current_experience_targets  # ckd <= 0.1's behaviour
         self._model: FrozenModel | None = None
@@ -178,7 +178,7 @@ class CachedTeacher(Teacher):
     name = "cached"
     refresh = True
 
-    def __init__(self, known_classes_only: bool = False) -> None:
+    def __init__(self, *, known_classes_only: bool = False) -> None:
         self.known_classes_only = known_classes_only
         self._cover_all = False
         self._has_logits = False
@@ -237,7 +237,7 @@ class EnsembleTeacher(Teacher):
     name = "ensemble"
 
     def __init__(
-        self, n_teachers: int = 4, ensemble: str = "own", known_classes_only: bool = False,
+        self, *, n_teachers: int = 4, ensemble: str = "own", known_classes_only: bool = False,
         current_experience_targets: bool = False,
     ) -> None:
         if ensemble not in ENSEMBLES:
@@ -300,8 +300,8 @@ class EMATeacher(Teacher):
 
     name = "ema"
 
-    def __init__(self, half_life: float = EMA_HALF_LIFE, update_probability: float = 1.0, seed: int = 0) -> None:
-        self.weights = EMAWeights(half_life, update_probability, seed)
+    def __init__(self, *, half_life: float = EMA_HALF_LIFE, update_probability: float = 1.0, seed: int = 0) -> None:
+        self.weights = EMAWeights(half_life=half_life, update_probability=update_probability, seed=seed)
         self._frozen: FrozenModel | None = None
         self._known = torch.zeros(0, 0, dtype=torch.bool)
 

@@ -32,7 +32,7 @@ class CurrentDistillationPlugin(SupervisedPlugin):
     """
 
     def __init__(
-        self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0, kd: KDReplayPlugin | None = None
+        self, *, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0, kd: KDReplayPlugin | None = None
     ) -> None:
         super().__init__()
         if not _is_number(temperature):

@@ -132,6 +132,7 @@ class FeatureDistillationPlugin(_ReplayFeaturePlugin):
     def __init__(
         self,
         replay: KDReplayPlugin,
+        *,
         modules: Sequence[str] = (PENULTIMATE,),
         weight: float = 1.0,
         metric: str = "l2",
@@ -152,6 +153,7 @@ class RelationDistillationPlugin(_ReplayFeaturePlugin):
     def __init__(
         self,
         replay: KDReplayPlugin,
+        *,
         modules: Sequence[str] = (PENULTIMATE,),
         weight: float = 1.0,
         distance_weight: float = 1.0,

@@ -17,7 +17,7 @@ class LogitMatchingPlugin(SupervisedPlugin):
     logits' differences, the MSE also their common level. Before or after ``kd`` in
     ``plugins=[...]``, which must hold it."""
 
-    def __init__(self, kd: KDReplayPlugin, weight: float = 1.0) -> None:
+    def __init__(self, kd: KDReplayPlugin, *, weight: float = 1.0) -> None:
         super().__init__()
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")

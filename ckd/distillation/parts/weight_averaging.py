@@ -27,9 +27,9 @@ class EMAEvaluationPlugin(StrategyBoundPlugin):
 
     keeps = "its averaged weights"
 
-    def __init__(self, half_life: float = EMA_HALF_LIFE, update_probability: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, *, half_life: float = EMA_HALF_LIFE, update_probability: float = 1.0, seed: int = 0) -> None:
         super().__init__()
-        self.weights = EMAWeights(half_life, update_probability, seed)
+        self.weights = EMAWeights(half_life=half_life, update_probability=update_probability, seed=seed)
         self._trained: nn.Module | None = None  # strategy.model while the average stands in for it
 
     @property
