@@ -37,11 +37,11 @@ from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_metho
 from ckd.benchmarking.runner import device_name
 from ckd.benchmarking.scoring import AccuracyEvaluator
 from ckd.common.files import write_json_atomic
-from ckd.data.augmentation import AugmentationPlugin
 from ckd.data.models import reduced_resnet18
 from ckd.data.streams import make_stream
 from ckd.distillation.losses import soft_kl
 from ckd.engines.amp import MixedPrecisionPlugin
+from ckd.engines.augmentation import AugmentationPlugin
 from ckd.engines.tensor_data import dataset_tensors
 
 PRECISIONS = ("fp32", "bf16")

@@ -6,13 +6,8 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from ckd.data.augmentation import (
-    CIFAR10_NORMALIZATION,
-    AugmentationPlugin,
-    CropFlip,
-    Normalization,
-    random_crop_flip,
-)
+from ckd.data.augmentation import CIFAR10_NORMALIZATION, CropFlip, Normalization, random_crop_flip
+from ckd.engines.augmentation import AugmentationPlugin
 
 
 def position_images(b: int, c: int, h: int, w: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 from ckd.benchmarking.runner import run, run_to_file
 from ckd.benchmarking.suite import load_suite
 from ckd.cli import main
-from ckd.data.augmentation import AugmentationPlugin
+from ckd.engines.augmentation import AugmentationPlugin
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 GPU_SUITE = BENCHMARKS / "der_seq_cifar10.toml"

@@ -284,10 +284,10 @@ def test_replayed_rows_pass_through_the_strategys_forward_wrappers(tmp_path, met
 
     from archives import write_cifar10
     from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
-    from ckd.data.augmentation import AugmentationPlugin
     from ckd.data.streams import make_stream
     from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin, evaluation_model
     from ckd.engines.amp import MixedPrecisionPlugin
+    from ckd.engines.augmentation import AugmentationPlugin
     from ckd.engines.tensor_data import dataset_tensors
 
     write_cifar10(tmp_path, train_per_class=8, test_per_class=1)

@@ -25,6 +25,9 @@ from ckd.common.files import write_json_atomic
 if TYPE_CHECKING:
     from ckd.benchmarking.run_config import RunConfig
 
+# The run config's module imports the training stack: driver and workers import it when a
+# schedule runs (a worker after taking the driver's warning filters), not with this module.
+
 __all__ = ["LOCAL", "RayScheduler", "import_ray"]
 
 LOCAL = "local"  # start a Ray instance on this machine for the schedule, shut it down after
@@ -86,6 +89,7 @@ class RayScheduler(Scheduler):
         """The runs whose result exists (kept, unless ``force``) and the ones still to do."""
         from ckd.benchmarking.run_config import has_result, result_path
 
+
         kept, todo = [], []
         for config in configs:
             if not self.force and has_result(out_dir, config):
@@ -101,7 +105,15 @@ class RayScheduler(Scheduler):
             return
         ray = import_ray()
         started = self._connect(ray)
-        bar = _bar(len(configs), len(configs) - len(todo), self.progress)
+        try:
+            yield from self._remote_outcomes(ray, todo, len(configs), out_dir)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _remote_outcomes(self, ray, todo: list[RunConfig], n_configs: int, out_dir: Path) -> Iterator[RunOutcome]:
+        """The runs of ``todo``, each a Ray task, as they finish (``n_configs``: the schedule's size)."""
+        bar = _bar(n_configs, n_configs - len(todo), self.progress)
         task = ray.remote(_run_task)
         pending: dict[Any, RunConfig] = {}
         try:
@@ -124,8 +136,6 @@ class RayScheduler(Scheduler):
                 ray.cancel(ref, force=True)
             if bar is not None:
                 bar.close()
-            if started:
-                ray.shutdown()
 
     def _connect(self, ray) -> bool:
         """Initialize Ray unless it already is; whether this call started it."""
@@ -141,6 +151,7 @@ class RayScheduler(Scheduler):
     @staticmethod
     def _finish(ray, ref, config: RunConfig, out_dir: Path) -> RunOutcome:
         from ckd.benchmarking.run_config import result_path
+
 
         path = result_path(out_dir, config)
         try:

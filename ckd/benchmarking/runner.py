@@ -33,11 +33,11 @@ from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_metho
 from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, RunConfig, checkpoint_path, has_result, result_path
 from ckd.benchmarking.scoring import AccuracyEvaluator, PeriodicEvaluation, Scores, TeacherDiagnostics
 from ckd.common.files import write_json_atomic
-from ckd.data.augmentation import AugmentationPlugin
 from ckd.data.models import make_model
 from ckd.data.streams import make_stream
 from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin, evaluation_model
 from ckd.engines.amp import MixedPrecisionPlugin
+from ckd.engines.augmentation import AugmentationPlugin
 from ckd.reports.metrics import compute_metrics
 
 __all__ = ["device_name", "result_record", "run", "run_to_file", "seed_everything"]

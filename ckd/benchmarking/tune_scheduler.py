@@ -18,13 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckd.benchmarking.ray_scheduler import LOCAL, RayScheduler, import_ray
+from ckd.benchmarking.ray_scheduler import LOCAL, RayScheduler
 from ckd.benchmarking.scheduling import RunOutcome, _builtin_filters
 from ckd.common.errors import one_line
 from ckd.common.files import write_json_atomic
 
 if TYPE_CHECKING:
     from ckd.benchmarking.run_config import RunConfig
+
+# The run config's module imports the training stack: driver and workers import it when a
+# schedule runs (a worker after taking the driver's warning filters), not with this module.
 
 __all__ = ["EARLY_STOPPING", "TuneScheduler"]
 
@@ -48,17 +51,12 @@ class TuneScheduler(RayScheduler):
         super().__init__(address, **kwargs)
         self.early_stopping = early_stopping
 
-    def _outcomes(self, configs: list[RunConfig], out_dir: Path) -> Iterator[RunOutcome]:
-        from ckd.benchmarking.run_config import result_path
-
-        kept, todo = self._split_finished(configs, out_dir)
-        yield from kept
-        if not todo:
-            return
-        ray = import_ray()
+    def _remote_outcomes(self, ray, todo: list[RunConfig], n_configs: int, out_dir: Path) -> Iterator[RunOutcome]:
+        """The runs of ``todo`` as the trials of one Tune grid."""
         from ray import tune
 
-        started = self._connect(ray)
+        from ckd.benchmarking.run_config import result_path
+
         written: dict[int, Path] = {}
 
         class WriteResults(tune.Callback):
@@ -83,27 +81,24 @@ class TuneScheduler(RayScheduler):
             from ray.tune.schedulers import ASHAScheduler
 
             scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2, max_t=1000)
-        try:
-            with tempfile.TemporaryDirectory(prefix="ckd-tune-") as storage:
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space={"index": tune.grid_search(list(range(len(todo))))},
-                    tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler),
-                    run_config=tune.RunConfig(
-                        name="ckd-sweep", storage_path=storage, verbose=1 if self.progress else 0,
-                        callbacks=[WriteResults()],
-                    ),
-                )
-                grid = tuner.fit()
-                for k in range(len(grid)):
-                    yield _outcome(grid[k], todo, written, out_dir)
-        finally:
-            if started:
-                ray.shutdown()
+        with tempfile.TemporaryDirectory(prefix="ckd-tune-") as storage:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"index": tune.grid_search(list(range(len(todo))))},
+                tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler),
+                run_config=tune.RunConfig(
+                    name="ckd-sweep", storage_path=storage, verbose=1 if self.progress else 0,
+                    callbacks=[WriteResults()],
+                ),
+            )
+            grid = tuner.fit()
+            for k in range(len(grid)):
+                yield _outcome(grid[k], todo, written, out_dir)
 
 
 def _outcome(trial_result, todo: list[RunConfig], written: dict[int, Path], out_dir: Path) -> RunOutcome:
     from ckd.benchmarking.run_config import result_path
+
 
     index = trial_result.config["index"]
     config = todo[index]

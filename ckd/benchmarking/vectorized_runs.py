@@ -5,7 +5,6 @@ each seed and writing its result file."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ckd.benchmarking.methods import resolve_method_args
-from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, result_path
+from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, has_result, result_path
 from ckd.benchmarking.runner import result_record, seed_everything
 from ckd.benchmarking.scoring import AccuracyEvaluator
 from ckd.common.files import write_json_atomic
@@ -258,15 +257,9 @@ def run_vectorized_to_files(
 
     paths = [result_path(out_dir, c) for c in configs]
     todo = []
-    for config, path in zip(configs, paths):
-        if skip_existing and path.exists():
-            try:
-                existing = json.loads(path.read_text())
-            except (json.JSONDecodeError, OSError):
-                existing = None
-            if existing is not None and existing.get("config") == json.loads(json.dumps(config.resolved())):
-                continue
-        todo.append(config)
+    for config in configs:
+        if not (skip_existing and has_result(out_dir, config)):
+            todo.append(config)
     if todo:
         for config, record in zip(todo, run_vectorized(todo, data_root=data_root, progress=progress)):
             write_json_atomic(result_path(out_dir, config), record)

@@ -15,11 +15,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from avalanche.core import SupervisedPlugin
 from torch import Tensor
 
 __all__ = [
-    "AugmentationPlugin",
     "CIFAR10_NORMALIZATION",
     "CIFAR100_NORMALIZATION",
     "CropFlip",
@@ -116,37 +114,3 @@ class CropFlip:
         return random_crop_flip(x, self.padding, self.fill, self.flip_probability, generator)
 
 
-class AugmentationPlugin(SupervisedPlugin):
-    """Augments every row of the training minibatch as it enters the model.
-
-    It wraps the strategy's ``forward``, so it runs after every ``before_forward``
-    hook and after a strategy's own additions: the replayed rows a
-    ``KDReplayPlugin`` appends and those Avalanche's ``DER`` appends are augmented
-    with the current ones, wherever the plugin sits in the list. Plugins that read
-    ``strategy.mbatch`` after the forward see the augmented views. Evaluation is
-    untouched. Draws from the torch generator of the batch's device.
-    """
-
-    def __init__(self, augmentation: CropFlip) -> None:
-        super().__init__()
-        self.augmentation = augmentation
-        self._wrapped: set[int] = set()
-
-    def before_training(self, strategy, **kwargs) -> None:
-        if id(strategy) in self._wrapped:
-            return
-        self._wrapped.add(id(strategy))
-        forward = strategy.forward
-
-        def augmented_forward():
-            if strategy.is_training:
-                strategy.mbatch[0] = self.augmentation(strategy.mbatch[0])
-            return forward()
-
-        strategy.forward = augmented_forward
-
-    def state_dict(self) -> dict:  # draws from the global generators, which a checkpoint saves
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

@@ -12,14 +12,15 @@ is skipped. bfloat16 has float32's range and needs no scaling, and no host sync
 from __future__ import annotations
 
 import torch
-from avalanche.core import SupervisedPlugin
+
+from ckd.engines.wrapping import StrategyWrappingPlugin
 
 __all__ = ["AMP_DTYPES", "MixedPrecisionPlugin"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class MixedPrecisionPlugin(SupervisedPlugin):
+class MixedPrecisionPlugin(StrategyWrappingPlugin):
     """While the strategy trains, its ``forward`` runs under autocast (``dtype``:
     ``"bf16"`` or ``"fp16"``) and returns float32 outputs; with ``fp16`` its
     ``backward`` scales the loss and its ``optimizer_step`` unscales, skips
@@ -39,12 +40,8 @@ class MixedPrecisionPlugin(SupervisedPlugin):
         self.dtype = AMP_DTYPES[dtype]
         self.device_type = device_type
         self.scaler = torch.amp.GradScaler(device_type) if dtype == "fp16" else None
-        self._wrapped: set[int] = set()
 
-    def before_training(self, strategy, **kwargs) -> None:
-        if id(strategy) in self._wrapped:
-            return
-        self._wrapped.add(id(strategy))
+    def wrap(self, strategy) -> None:
         forward = strategy.forward
 
         def autocast_forward():
