@@ -9,6 +9,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from ckd.common.errors import one_line
+
+# Each command imports what it runs when it runs: starting the CLI, --help and the reading
+# commands load neither torch nor Avalanche (tests/test_imports.py).
+
 __all__ = ["main"]
 
 
@@ -356,8 +361,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        from ckd.common.errors import one_line
-
         print(f"ckd: error: {one_line(err)}", file=sys.stderr)
         return 2
 

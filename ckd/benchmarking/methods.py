@@ -6,14 +6,32 @@ arguments (documented defaults in ``METHOD_DEFAULTS``; unknown keys are errors).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from avalanche.training import DER, JointTraining, Naive
+from avalanche.training.plugins import EWCPlugin, LwFPlugin
+from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 from torch import nn
 
+from ckd.benchmarking.loggers import make_evaluator
+from ckd.distillation.config import KDReplayConfig
 from ckd.distillation.ema import EMA_HALF_LIFE
-from ckd.distillation.replay import REPLAY_POLICIES
+from ckd.distillation.parts.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
+from ckd.distillation.parts.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
+from ckd.distillation.parts.logit_matching import LogitMatchingPlugin
+from ckd.distillation.parts.weight_aligning import WeightAligningPlugin
+from ckd.distillation.plugin import KDReplayPlugin
+from ckd.distillation.replay import (
+    REPLAY_POLICIES,
+    DarkExperienceReplayPlugin,
+    ERACEPlugin,
+    ExperienceReplayPlugin,
+    OnlineReplayPlugin,
+)
+from ckd.distillation.teachers import make_teacher
+from ckd.engines.training import TensorDER, TensorJointTraining, TensorNaive
 
 __all__ = ["LEGACY_KD_ARGS", "LEGACY_REPLAY_ARGS", "METHOD_DEFAULTS", "TrainSettings", "available_methods", "make_strategy", "resolve_method_args"]
 
@@ -30,10 +48,6 @@ class TrainSettings:
 
 def _kd_defaults() -> dict[str, Any]:
     """The plugin's own defaults (``KDReplayConfig``, the one source) and the parts'."""
-    from dataclasses import fields
-
-    from ckd.distillation.config import KDReplayConfig
-
     plugin = {f.name: f.default for f in fields(KDReplayConfig) if f.name != "seed"}
     return {**plugin, **_PART_DEFAULTS}
 
@@ -126,16 +140,6 @@ def resolve_method_args(method: str, overrides: dict[str, Any] | None = None) ->
 
 def _plugins_for(method: str, args: dict[str, Any]) -> list:
     args = dict(args)
-    from avalanche.training.plugins import EWCPlugin, LwFPlugin
-    from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
-
-    from ckd.distillation.replay import (
-        DarkExperienceReplayPlugin,
-        ERACEPlugin,
-        ExperienceReplayPlugin,
-        OnlineReplayPlugin,
-    )
-
     if method in ("er", "er-ace"):
         plugin = OnlineReplayPlugin if method == "er" else ERACEPlugin
         return [plugin(**{k: args[k] for k in ("mem_size", "replay_batch_size", "seed", "joint_forward")})]
@@ -157,8 +161,6 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
     if method == "ewc":
         return [EWCPlugin(ewc_lambda=args["ewc_lambda"])]
     if method == "kd-lwf":
-        from ckd.distillation.parts.current_data import CurrentDistillationPlugin
-
         return [CurrentDistillationPlugin(alpha=args["current_alpha"], temperature=args["temperature"])]
     if method.startswith("kd-"):
         return _kd_plugins(method, args)
@@ -167,12 +169,6 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
 
 def _kd_plugins(method: str, args: dict[str, Any]) -> list:
     """A KDReplayPlugin with its teacher part, and the parts the settings turn on."""
-    from ckd.distillation.config import KDReplayConfig
-    from ckd.distillation.parts.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
-    from ckd.distillation.parts.logit_matching import LogitMatchingPlugin
-    from ckd.distillation.plugin import KDReplayPlugin
-    from ckd.distillation.teachers import make_teacher
-
     name = "cached" if method == "kd-replay-cached" else args["teacher"]
     if name == "snapshot" and args["n_teachers"] > 1:
         name = "ensemble"
@@ -194,12 +190,8 @@ def _kd_plugins(method: str, args: dict[str, Any]) -> list:
     kd = KDReplayPlugin(config=config, teacher=make_teacher(name, **teacher_settings))
     plugins: list = [kd]
     if args["weight_aligning"]:
-        from ckd.distillation.parts.weight_aligning import WeightAligningPlugin
-
         plugins.insert(0, WeightAligningPlugin())  # before the teacher snapshot
     if method in ("kd-feature", "kd-relation"):
-        from ckd.distillation.parts.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
-
         if method == "kd-feature":
             plugins.append(FeatureDistillationPlugin(kd, weight=args["feature_weight"], metric=args["feature_metric"]))
         else:
@@ -228,12 +220,7 @@ def make_strategy(
     ``fast``: the same strategy on the tensor-native path (:mod:`ckd.engines.training`).
     ``loggers``: Avalanche loggers, fed by the evaluator of :func:`ckd.benchmarking.loggers.make_evaluator`.
     """
-    from avalanche.training import DER, JointTraining, Naive
-
-    from ckd.benchmarking.loggers import make_evaluator
-
-    if fast:
-        from ckd.engines.training import TensorDER as DER, TensorJointTraining as JointTraining, TensorNaive as Naive
+    der, joint, naive = (TensorDER, TensorJointTraining, TensorNaive) if fast else (DER, JointTraining, Naive)
 
     # foreach: one update over every tensor, the per-tensor loop's arithmetic (the CPU default is that loop)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, foreach=True)
@@ -253,10 +240,10 @@ def make_strategy(
         plugins = _plugins_for(method, args) + plugins
     common["evaluator"] = make_evaluator(loggers, plugins)
     if method == "der":
-        return DER(
+        return der(
             mem_size=args["mem_size"], batch_size_mem=args["replay_batch_size"],
             alpha=args["alpha"], beta=args["beta"], plugins=plugins, **common,
         )
     if method == "joint":
-        return JointTraining(plugins=plugins, **common)
-    return Naive(plugins=plugins, **common)
+        return joint(plugins=plugins, **common)
+    return naive(plugins=plugins, **common)

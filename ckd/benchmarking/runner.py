@@ -16,10 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import avalanche
 import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 
+import ckd
 from ckd.benchmarking.checkpoint import (
     RunCheckpoint,
     checkpoint_refusal,
@@ -56,10 +58,6 @@ def _peak_cpu_memory_mb() -> float:
 
 
 def _versions() -> dict[str, str]:
-    import avalanche
-
-    import ckd
-
     return {
         "ckd": ckd.__version__,
         "torch": torch.__version__,

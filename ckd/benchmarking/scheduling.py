@@ -35,6 +35,9 @@ from ckd.common.files import write_json_atomic
 if TYPE_CHECKING:
     from ckd.benchmarking.run_config import RunConfig
 
+# The run config's and the runner's modules import the training stack: imported when a run is
+# scheduled, so that a sweep's module (and reading its results) stays light.
+
 __all__ = [
     "FAILURES_FILE",
     "LocalScheduler",

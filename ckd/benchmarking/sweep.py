@@ -40,7 +40,7 @@ def sweep_configs(
     ``base`` must evaluate on a validation split (``validation_fraction > 0``):
     choosing a temperature on the test set would report a tuned test number.
     """
-    from ckd.benchmarking.methods import resolve_method_args
+    from ckd.benchmarking.methods import resolve_method_args  # imports the training stack: here, not with the module
     from ckd.distillation.losses import check_temperature
 
     if not base.validation_fraction > 0:

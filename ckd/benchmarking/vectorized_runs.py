@@ -100,8 +100,6 @@ class VectorizedTraining:
     experience at a time (:meth:`train_experience`) and scored per seed (:meth:`score`)."""
 
     def __init__(self, configs: Sequence, data_root: str | os.PathLike | None = None) -> None:
-        from ckd.benchmarking.methods import resolve_method_args
-
         check_vectorizable(configs)
         self.configs = list(configs)
         first = self.first = self.configs[0]

@@ -7,6 +7,8 @@ import math
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ckd.data.user_code import call_with_accepted, is_reference, load_callable
+
 __all__ = ["MODELS", "ResNet18", "make_model", "mlp", "reduced_resnet18", "resnet18", "small_cnn"]
 
 
@@ -118,8 +120,6 @@ MODELS = {"mlp": mlp, "cnn": small_cnn, "resnet18": resnet18, "reduced-resnet18"
 def make_model(name: str, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """Model ``name`` (see ``MODELS``) or a user's ``package.module:function``, called
     with the keyword arguments it declares among ``input_shape`` and ``n_classes``."""
-    from ckd.data.user_code import call_with_accepted, is_reference, load_callable
-
     if is_reference(name):
         given = {"input_shape": tuple(input_shape), "n_classes": n_classes}
         model = call_with_accepted(load_callable(name, "model"), name, given)

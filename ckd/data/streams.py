@@ -83,6 +83,7 @@ from ckd.data.decoders import (
 from ckd.data.image_files import load_image_set
 from ckd.data.sampling import permutation_maps, rotation_angles, rotation_map
 from ckd.data.stream import N_CLASSES, Stream, StreamOptions, domain_stream, split_stream
+from ckd.data.user_code import is_reference
 from ckd.data.user_streams import user_stream
 
 __all__ = ["DER_CLASS_ORDER", "IMAGE_FOLDER", "available_streams", "is_image_folder", "make_stream"]
@@ -217,8 +218,6 @@ def make_stream(
     file-count checks. Raises :class:`DatasetNotFoundError` when a dataset's files
     are missing or corrupt under ``data_root``.
     """
-    from ckd.data.user_code import is_reference
-
     if name not in _STREAMS and not is_reference(name) and not is_image_folder(name):
         raise ValueError(
             f"unknown stream {name!r}; available: {', '.join(available_streams())}, "

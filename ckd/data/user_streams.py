@@ -13,6 +13,7 @@ from avalanche.benchmarks.utils import (
 from torch import Tensor
 
 from ckd.data.stream import Stream, StreamOptions, annotate
+from ckd.data.user_code import call_with_accepted, load_callable
 
 __all__ = ["stream_from_benchmark", "user_stream"]
 
@@ -120,7 +121,6 @@ def user_stream(name: str, root: Path, options: StreamOptions) -> Stream:
     """
     from dataclasses import asdict
 
-    from ckd.data.user_code import call_with_accepted, load_callable
 
     function = load_callable(name, "stream")
     always = {"seed": options.seed, "data_root": root, "checksum": options.checksum}
