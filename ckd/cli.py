@@ -164,70 +164,30 @@ def _print_outcome(outcome, prefix: str = "", debug: bool = False) -> None:
     )
 
 
-def _scheduler(args, ray_address: str | None = None, tune: bool = False):
-    """Ray when ``args.ray`` (or ``ray_address``) names one, as Ray Tune trials with
-    ``tune``, else this machine's process pool."""
-    from ckd.benchmarking.loggers import check_loggers
-    from ckd.benchmarking.scheduling import LocalScheduler
+def _plan(args, configs=(), ray_address: str | None = None, vectorize: bool = False, tune: bool = False):
+    """The :class:`ckd.benchmarking.orchestration.Plan` the arguments describe."""
+    from ckd.benchmarking.orchestration import Plan
 
-    address = getattr(args, "ray", None) or ray_address
-    if address is not None:
-        from ckd.benchmarking.ray_scheduler import RayScheduler
-        from ckd.benchmarking.tune_scheduler import TuneScheduler
-
-        if args.jobs != 1:
-            raise ValueError("--jobs is for runs on this machine; with Ray the cluster's CPUs decide, drop --jobs")
-        settings = dict(
-            gpus_per_run=args.gpus_per_run, data_root=args.data_root, force=args.force,
-            loggers=check_loggers(args.logger), progress=not args.quiet,
-        )
-        if tune:
-            return TuneScheduler(address, early_stopping=args.scheduler, **settings)
-        return RayScheduler(address, **settings)
-    if getattr(args, "scheduler", None) is not None:
-        raise ValueError("--scheduler asha needs --ray: early stopping runs on Ray Tune")
-    return LocalScheduler(
-        args.jobs, data_root=args.data_root, force=args.force, loggers=check_loggers(args.logger),
-        progress=not args.quiet,
+    return Plan(
+        configs, args.out, jobs=args.jobs, ray_address=getattr(args, "ray", None) or ray_address, tune=tune,
+        early_stopping=getattr(args, "scheduler", None), gpus_per_run=getattr(args, "gpus_per_run", 1.0),
+        vectorize=vectorize,
+        data_root=args.data_root, force=args.force, loggers=args.logger, progress=not args.quiet,
     )
 
 
-def _run_all(configs, args, ray_address: str | None = None) -> list:
-    """Run ``configs`` (see :func:`_scheduler`), printing each as it finishes."""
-    from ckd.benchmarking.scheduling import run_all
+def _run_plan(plan, args) -> list:
+    """Run ``plan`` (``ckd.benchmarking.orchestration.run_plan``), printing each run as it finishes."""
+    from ckd.benchmarking.orchestration import run_plan
 
-    scheduler = _scheduler(args, ray_address)
     done = []
 
     def report(outcome) -> None:
         done.append(outcome)
-        prefix = f"[{len(done)}/{len(configs)}] " if len(configs) > 1 and not args.quiet else ""
+        prefix = f"[{len(done)}/{len(plan.configs)}] " if len(plan.configs) > 1 and not args.quiet else ""
         _print_outcome(outcome, prefix, args.debug)
 
-    return run_all(scheduler, configs, args.out, report)
-
-
-def _run_vectorized(configs, args) -> list:
-    """Run each group of ``configs`` that differ only in their seed as one pass of a
-    stacked model (``ckd.engines.vectorized``), one group after another; every group is
-    checked before any runs."""
-    from dataclasses import replace
-
-    from ckd.benchmarking.scheduling import RunOutcome
-    from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized_to_files
-
-    groups: dict[str, list] = {}
-    for c in configs:
-        groups.setdefault(json.dumps(replace(c, seed=0).resolved(), sort_keys=True), []).append(c)
-    for group in groups.values():
-        check_vectorizable(group)
-    outcomes = []
-    for group in groups.values():
-        done = run_vectorized_to_files(group, args.out, args.data_root, progress=not args.quiet, skip_existing=not args.force)
-        for config, (path, ran) in zip(group, done):
-            outcomes.append(RunOutcome(config, path, ran))
-            _print_outcome(outcomes[-1], debug=args.debug)
-    return outcomes
+    return run_plan(plan, report)
 
 
 def _cmd_run(args) -> int:
@@ -255,7 +215,7 @@ def _cmd_run(args) -> int:
             stream=args.stream, methods=args.method, seeds=args.seeds, settings=settings,
             device=args.device, task_labels=args.task_labels, **common,
         )
-    outcomes = _run_vectorized(configs, args) if args.vectorize else _run_all(configs, args)
+    outcomes = _run_plan(_plan(args, configs, vectorize=args.vectorize), args)
     if len(outcomes) > 1:
         from ckd.reports.summary import format_markdown, summarize
 
@@ -280,16 +240,15 @@ def _cmd_suite(args) -> int:
             print(result_path(args.out, c))
         return 0
     ray_address = args.ray or suite_ray_address(args.suite)
-    if suite_vectorizes(args.suite):
-        if ray_address is not None:
-            raise ValueError(f"{args.suite} vectorizes its seeds in one process; run it without Ray")
-        _run_vectorized(configs, args)
-    else:
-        _run_all(configs, args, ray_address)
+    vectorize = suite_vectorizes(args.suite)
+    if vectorize and ray_address is not None:
+        raise ValueError(f"{args.suite} vectorizes its seeds in one process; run it without Ray")
+    _run_plan(_plan(args, configs, ray_address, vectorize=vectorize), args)
     return 0
 
 
 def _cmd_sweep(args) -> int:
+    from ckd.benchmarking.orchestration import make_scheduler
     from ckd.benchmarking.run_config import RunConfig
     from ckd.benchmarking.sweep import run_sweep
     from ckd.reports.sweeps import format_sweep
@@ -301,7 +260,8 @@ def _cmd_sweep(args) -> int:
         validation_fraction=args.validation_fraction, method_args=_parse_sets(args.set), **common,
     )
     sweep = run_sweep(
-        base, args.temperature, args.alpha, args.seeds, out_dir=args.out, scheduler=_scheduler(args, tune=True),
+        base, args.temperature, args.alpha, args.seeds, out_dir=args.out,
+        scheduler=make_scheduler(_plan(args, tune=True)),
         fmt=args.format,
         on_outcome=lambda outcome: _print_outcome(outcome, debug=args.debug),
     )

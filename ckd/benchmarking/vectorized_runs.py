@@ -5,10 +5,12 @@ each seed and writing its result file."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -17,7 +19,9 @@ from torch import Tensor
 from ckd.benchmarking.methods import resolve_method_args
 from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, has_result, result_path
 from ckd.benchmarking.runner import result_record, seed_everything
+from ckd.benchmarking.scheduling import RunOutcome, Scheduler
 from ckd.benchmarking.scoring import AccuracyEvaluator
+from ckd.common.errors import one_line
 from ckd.common.files import write_json_atomic
 from ckd.data.models import make_model
 from ckd.data.streams import make_stream
@@ -26,7 +30,15 @@ from ckd.engines.tensor_data import dataset_tensors
 from ckd.engines.vectorized import VectorizedPass
 from ckd.engines.vectorized_replay import check_replay_args
 
-__all__ = ["VECTORIZED_METHODS", "VectorizedTraining", "check_vectorizable", "run_vectorized", "run_vectorized_to_files"]
+__all__ = [
+    "VECTORIZED_METHODS",
+    "VectorizedScheduler",
+    "VectorizedTraining",
+    "check_vectorizable",
+    "run_vectorized",
+    "run_vectorized_to_files",
+    "seed_groups",
+]
 
 
 VECTORIZED_METHODS = ("naive", "replay", "kd-replay", "kd-replay-cached", "kd-ema")
@@ -263,3 +275,49 @@ def run_vectorized_to_files(
             write_json_atomic(result_path(out_dir, config), record)
     ran = {id(c) for c in todo}
     return [(path, id(config) in ran) for config, path in zip(configs, paths)]
+
+
+def seed_groups(configs: Sequence) -> list[list]:
+    """``configs`` grouped by everything but their seed, in order of first appearance."""
+    groups: dict[str, list] = {}
+    for c in configs:
+        groups.setdefault(json.dumps(dataclasses.replace(c, seed=0).resolved(), sort_keys=True), []).append(c)
+    return list(groups.values())
+
+
+class VectorizedScheduler(Scheduler):
+    """Runs each group of configs that differ only in their seed as one vectorized pass
+    (:func:`run_vectorized`), one group after another, in this process. Every group is
+    checked (:func:`check_vectorizable`) before any runs: one that cannot vectorize is refused
+    in one line. A pass that fails is a failed outcome for each of its group's configs."""
+
+    def __init__(self, *, data_root: str | os.PathLike | None = None, force: bool = False,
+                 loggers: Sequence[str] = (), progress: bool = False) -> None:
+        if loggers:
+            raise ValueError("loggers cannot be used with vectorize (the pass has no Avalanche strategy): "
+                             "run without --logger or without --vectorize")
+        super().__init__(data_root=data_root, force=force)
+        self.progress = progress
+
+    def _outcomes(self, configs: list, out_dir: Path) -> Iterator[RunOutcome]:
+        groups = seed_groups(configs)
+        for group in groups:
+            check_vectorizable(group)
+        for group in groups:
+            todo = []
+            for config in group:
+                if not self.force and has_result(out_dir, config):
+                    yield RunOutcome(config, result_path(out_dir, config), False)
+                else:
+                    todo.append(config)
+            if not todo:
+                continue
+            try:
+                records = run_vectorized(todo, data_root=self.data_root, progress=self.progress)
+            except Exception as err:
+                trace = traceback.format_exc()
+                for config in todo:
+                    yield RunOutcome(config, result_path(out_dir, config), True, one_line(err), trace)
+                continue
+            for config, record in zip(todo, records):
+                yield RunOutcome(config, write_json_atomic(result_path(out_dir, config), record), True)
