@@ -11,9 +11,9 @@ datasets are written as references to the stream's data (:func:`write_checkpoint
 copies. A strategy with a plugin that has no ``state_dict`` (Avalanche's ``LwFPlugin``,
 ``EWCPlugin``) cannot be checkpointed (:func:`checkpoint_refusal`).
 
-Avalanche's ``save_checkpoint`` pickles the whole strategy with dill; importing this
-module (every ckd plugin does) lets dill pickle torch's optimizers, whose classes it
-otherwise copies by value and fails on (:func:`_save_class`).
+Avalanche's ``save_checkpoint`` pickles the whole strategy with dill; the rule in
+:mod:`ckd.distillation.pickling` (imported by every ckd plugin, and here) lets dill pickle
+torch's optimizers, whose classes it otherwise copies by value and fails on.
 """
 
 from __future__ import annotations
@@ -30,6 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from avalanche.benchmarks.utils.flat_data import FlatData
+from avalanche.models.utils import avalanche_model_adaptation
+from avalanche.training import DER
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.plugins.clock import Clock
+from avalanche.training.templates.base_sgd import PeriodicEval
 
 import ckd.distillation.pickling  # noqa: F401  (registers the rule that pickles torch's optimizers)
 from ckd.common.files import write_file_atomic
@@ -50,16 +56,11 @@ __all__ = [
 def _stateless_plugins() -> tuple[type, ...]:
     """Avalanche's plugins that every strategy carries and that keep nothing a run needs
     between experiences (the clock is saved on its own)."""
-    from avalanche.training.plugins import EvaluationPlugin
-    from avalanche.training.templates.base_sgd import PeriodicEval
-
     return EvaluationPlugin, PeriodicEval
 
 
 def checkpoint_refusal(strategy) -> str | None:
     """Why ``strategy`` cannot be checkpointed (a plugin without ``state_dict``), or ``None``."""
-    from avalanche.training.plugins.clock import Clock
-
     for plugin in strategy.plugins:
         if not isinstance(plugin, (Clock, *_stateless_plugins())) and not callable(getattr(plugin, "state_dict", None)):
             return f"{type(plugin).__name__} has no state_dict()"
@@ -70,8 +71,6 @@ def training_state(strategy) -> dict[str, Any]:
     """What ``strategy`` carries from one experience to the next: the model's and optimizer's
     state, each plugin's ``state_dict()`` (in the order of ``strategy.plugins``), the training
     clock and, for Avalanche's ``DER``, its storage policy. Call it between experiences."""
-    from avalanche.training.plugins.clock import Clock
-
     reason = checkpoint_refusal(strategy)
     if reason is not None:
         raise ValueError(f"this strategy cannot be checkpointed: {reason}")
@@ -96,9 +95,6 @@ def load_training_state(strategy, state: dict[str, Any], finished: Sequence) -> 
     """Put ``training_state`` into a strategy built as the saved one was, after the
     experiences ``finished``: the model is adapted to them first (a growing head grows), and
     the optimizer keeps the loaded momentum at the next experience."""
-    from avalanche.models.utils import avalanche_model_adaptation
-    from avalanche.training.plugins.clock import Clock
-
     names = [type(p).__qualname__ for p in strategy.plugins]
     saved = [name for name, _ in state["plugins"]]
     if names != saved:
@@ -121,8 +117,6 @@ def load_training_state(strategy, state: dict[str, Any], finished: Sequence) -> 
 
 
 def _strategy_storage(strategy):
-    from avalanche.training import DER
-
     return strategy.storage_policy if isinstance(strategy, DER) else None
 
 
@@ -153,8 +147,6 @@ def _stream_objects(train_stream) -> list:
     """Every object that makes up the training datasets of ``train_stream`` (datasets, their
     flat data and data attributes, down to the sources), in a fixed order: a stream built
     again from the same settings lists its own in the same order."""
-    from avalanche.benchmarks.utils.flat_data import FlatData
-
     found: dict[int, Any] = {}
 
     def visit(node) -> None:
