@@ -28,3 +28,10 @@ def test_the_probe_sees_the_training_stack_when_it_is_imported():
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                            check=True).stdout))
     assert {"avalanche", "torch", "ckd.benchmarking.runner"} <= loaded
+
+
+def test_the_ema_evaluation_does_not_load_the_kd_plugin():
+    code = "import json, sys, ckd.distillation.parts.weight_averaging; print(json.dumps(sorted(sys.modules)))"
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout))
+    assert "ckd.distillation.parts.weight_averaging" in loaded and "ckd.distillation.plugin" not in loaded

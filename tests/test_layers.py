@@ -159,3 +159,16 @@ def test_the_probes_see_an_upward_import_a_sideways_one_a_shim_and_a_circle():
         "ckd.benchmarking.runner imports the deprecated path ckd.streams",
     ])
     assert circles(sources) == [["ckd.benchmarking.runner", "ckd.distillation.losses"], ["ckd.reports.a", "ckd.reports.b"]]
+
+
+def test_no_module_is_over_500_lines():
+    long = {name: n for name, source in module_sources().items() if (n := len(source.splitlines())) > 500}
+    assert long == {}
+
+
+def test_the_folders_init_files_only_describe_their_folder():
+    for path in PACKAGE.rglob("__init__.py"):
+        if path.parent == PACKAGE:
+            continue  # the package face: lazy re-exports (tests/test_public.py)
+        body = ast.parse(path.read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), path
