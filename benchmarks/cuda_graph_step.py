@@ -1,5 +1,5 @@
 """Does capturing the training step in a CUDA graph pay on a GPU? The stacked kd-replay step
-of ``ckd.vectorized`` (five DER MLPs, stream batch 10 + replay batch 32, teacher forward,
+of ``ckd.engines.vectorized`` (five DER MLPs, stream batch 10 + replay batch 32, teacher forward,
 per-seed cross-entropies and soft KL, SGD), timed eagerly and replayed from one CUDA graph,
 side by side in one process. New minibatches are copied into the graph's static inputs
 before each replay, as a training loop would.
@@ -16,9 +16,10 @@ import time
 
 import torch
 
-from ckd.models import mlp
-from ckd.runner import device_name
-from ckd.vectorized import StackedModel, _summed_loss
+from ckd.benchmarking.runner import device_name
+from ckd.data.models import mlp
+from ckd.engines.stacked_kd import summed_loss
+from ckd.engines.stacked_model import StackedModel
 
 
 def _measure(n_seeds: int, steps: int, repeats: int) -> dict[str, float]:
@@ -42,7 +43,7 @@ def _measure(n_seeds: int, steps: int, repeats: int) -> dict[str, float]:
         with torch.no_grad():
             target = net(rx, params=teacher)
         out = net(torch.cat([x, rx], dim=1))
-        loss, _ = _summed_loss(out, y, ry, target, None, 1.0, 1.0, 4.0)
+        loss, _ = summed_loss(out, y, ry, target, None, 1.0, 1.0, 4.0)
         loss.backward()
         with torch.no_grad():
             torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
@@ -100,7 +101,7 @@ def main() -> int:
     if args.json:
         from pathlib import Path
 
-        from ckd.files import write_json_atomic
+        from ckd.common.files import write_json_atomic
 
         write_json_atomic(Path(args.json), result)
     else:

@@ -37,11 +37,11 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ckd.buffer import ReplayBuffer
-from ckd.methods import TrainSettings, make_strategy
-from ckd.models import make_model
-from ckd.runner import AccuracyEvaluator
-from ckd.streams import make_stream
+from ckd.benchmarking.methods import TrainSettings, make_strategy
+from ckd.benchmarking.scoring import AccuracyEvaluator
+from ckd.data.models import make_model
+from ckd.data.streams import make_stream
+from ckd.distillation.buffer import ReplayBuffer
 
 MEM_SIZE = 500
 BATCH_SIZE = 128
@@ -226,7 +226,7 @@ def replay_mse_sharpness(model: nn.Module, memory: ReplayBuffer) -> tuple[float,
 
 
 def train_der_loop(stream, timing: str, lr: float, beta: float, seed: int) -> list[float]:
-    """DER(++) with a stream-wide reservoir memory (``ckd.buffer.ReplayBuffer``).
+    """DER(++) with a stream-wide reservoir memory (``ckd.distillation.buffer.ReplayBuffer``).
 
     Loss per step: ``CE(current) + alpha * MSE(replayed logits, stored logits)
     + beta * CE(replayed)``, one replay minibatch for both replay terms.

@@ -13,7 +13,7 @@ import argparse
 import statistics
 from collections import defaultdict
 
-from ckd.summary import load_results
+from ckd.reports.summary import load_results
 
 CELLS = [
     ("Seq-MNIST class-IL", "split-mnist", "class"),

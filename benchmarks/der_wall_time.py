@@ -54,9 +54,9 @@ _FALLBACK = "kd-replay"
 
 
 def measure(data_root: str | None) -> None:
-    from ckd.runner import run
-    from ckd.suite import load_suite
-    from ckd.vectorized import check_vectorizable, run_vectorized
+    from ckd.benchmarking.runner import run
+    from ckd.benchmarking.suite import load_suite
+    from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized
 
     session = int(time.time())
     with MEASURED.open("a") as out:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ckd.summary import load_results, summarize
+from ckd.reports.summary import load_results, summarize
 
 STREAMS = {"split-mnist": "Seq-MNIST", "split-fmnist": "Split-FMNIST"}
 # label in the suite -> (key in the cost JSON, what the variant adds)

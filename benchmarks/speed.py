@@ -22,8 +22,8 @@ as tensors, no DataLoader) — the lower bound; Avalanche ``Naive``; ``Naive`` +
 Avalanche ``ReplayPlugin`` at the same replay batch; Avalanche ``DER``;
 ckd ``kd-replay`` and ``kd-replay-cached`` (class-balanced buffer, soft targets on all
 outputs, α 1, T 2, β 1, as tuned for Seq-MNIST). ``*_fast``: the same strategy on
-the tensor-native path (``ckd.training``, the runner's default); ``kd_replay_vectorized_5``:
-kd-replay for seeds 0–4 as one stacked model (``ckd.vectorized``), its time per
+the tensor-native path (``ckd.engines.training``, the runner's default); ``kd_replay_vectorized_5``:
+kd-replay for seeds 0–4 as one stacked model (``ckd.engines.vectorized``), its time per
 iteration covering all five seeds, on ``--vectorized-threads`` (default: every core; the
 others on ``--threads``, default one, the fastest for one run of this MLP here).
 ``vectorized_5_seeds_vs_5_sequential`` divides that by five times ``kd_replay_fast``.
@@ -49,12 +49,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ckd.files import write_json_atomic
-from ckd.losses import soft_kl
-from ckd.methods import TrainSettings, make_strategy, resolve_method_args
-from ckd.models import mlp
-from ckd.runner import device_name
-from ckd.streams import make_stream
+from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
+from ckd.benchmarking.runner import device_name
+from ckd.common.files import write_json_atomic
+from ckd.data.models import mlp
+from ckd.data.streams import make_stream
+from ckd.distillation.losses import soft_kl
 
 METHODS = ("raw_loop", "naive", "naive_replay", "der", "kd_replay", "kd_replay_cached",
            "naive_fast", "kd_replay_fast", "kd_replay_vectorized_5")
@@ -128,7 +128,7 @@ class AvalancheMethod:
 
     def state_mb(self) -> dict[str, float]:
         """Memory the method keeps between experiences (ckd plugins only), MB."""
-        from ckd.plugins import KDReplayPlugin
+        from ckd.distillation.plugin import KDReplayPlugin
 
         kd = next((p for p in self.strategy.plugins if isinstance(p, KDReplayPlugin)), None)
         if kd is None:
@@ -146,12 +146,12 @@ class AvalancheMethod:
 
 
 class VectorizedMethod:
-    """kd-replay for seeds 0…n−1 as one stacked model (``ckd.vectorized``): trained on
+    """kd-replay for seeds 0…n−1 as one stacked model (``ckd.engines.vectorized``): trained on
     experience 0, then timed on experience 1 (every seed's parameters restored each time)."""
 
     def __init__(self, args: argparse.Namespace, n_seeds: int) -> None:
-        from ckd.runner import RunConfig
-        from ckd.vectorized import VectorizedTraining
+        from ckd.benchmarking.run_config import RunConfig
+        from ckd.benchmarking.vectorized_runs import VectorizedTraining
 
         configs = [
             RunConfig("split-mnist", "kd-replay", seed=s, lr=0.03, batch_size=10, epochs=1, device=args.device,

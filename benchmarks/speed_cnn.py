@@ -33,15 +33,16 @@ import torch
 import torch.nn.functional as F
 from speed import median_ratios
 
-from ckd.amp import MixedPrecisionPlugin
-from ckd.augment import AugmentationPlugin
-from ckd.files import write_json_atomic
-from ckd.losses import soft_kl
-from ckd.methods import TrainSettings, make_strategy, resolve_method_args
-from ckd.models import reduced_resnet18
-from ckd.runner import AccuracyEvaluator, device_name
-from ckd.streams import make_stream
-from ckd.training import dataset_tensors
+from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
+from ckd.benchmarking.runner import device_name
+from ckd.benchmarking.scoring import AccuracyEvaluator
+from ckd.common.files import write_json_atomic
+from ckd.data.models import reduced_resnet18
+from ckd.data.streams import make_stream
+from ckd.distillation.losses import soft_kl
+from ckd.engines.amp import MixedPrecisionPlugin
+from ckd.engines.augmentation import AugmentationPlugin
+from ckd.engines.tensor_data import dataset_tensors
 
 PRECISIONS = ("fp32", "bf16")
 METHODS = ("raw_loop", "kd_replay", "er")

@@ -9,6 +9,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from ckd.common.errors import one_line
+
+# Each command imports what it runs when it runs: starting the CLI, --help and the reading
+# commands load neither torch nor Avalanche (tests/test_imports.py).
+
 __all__ = ["main"]
 
 
@@ -77,7 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loader", default=None, choices=["tensor", "avalanche"],
                    help="training data from in-memory tensors (default) or Avalanche's DataLoader")
     r.add_argument("--vectorize", action="store_true",
-                   help="train the seeds of each method as one stacked model, in one pass (ckd.vectorized)")
+                   help="train the seeds of each method as one stacked model, in one pass (ckd.engines.vectorized)")
     r.add_argument("--label", default=None)
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="method settings, e.g. --set alpha=0.5 temperature=4")
@@ -159,75 +164,35 @@ def _print_outcome(outcome, prefix: str = "", debug: bool = False) -> None:
     )
 
 
-def _scheduler(args, ray_address: str | None = None, tune: bool = False):
-    """Ray when ``args.ray`` (or ``ray_address``) names one, as Ray Tune trials with
-    ``tune``, else this machine's process pool."""
-    from ckd.loggers import check_loggers
-    from ckd.scheduling import LocalScheduler
+def _plan(args, configs=(), ray_address: str | None = None, vectorize: bool = False, tune: bool = False):
+    """The :class:`ckd.benchmarking.orchestration.Plan` the arguments describe."""
+    from ckd.benchmarking.orchestration import Plan
 
-    address = getattr(args, "ray", None) or ray_address
-    if address is not None:
-        from ckd.ray_scheduler import RayScheduler
-        from ckd.ray_sweep import TuneScheduler
-
-        if args.jobs != 1:
-            raise ValueError("--jobs is for runs on this machine; with Ray the cluster's CPUs decide, drop --jobs")
-        settings = dict(
-            gpus_per_run=args.gpus_per_run, data_root=args.data_root, force=args.force,
-            loggers=check_loggers(args.logger), progress=not args.quiet,
-        )
-        if tune:
-            return TuneScheduler(address, early_stopping=args.scheduler, **settings)
-        return RayScheduler(address, **settings)
-    if getattr(args, "scheduler", None) is not None:
-        raise ValueError("--scheduler asha needs --ray: early stopping runs on Ray Tune")
-    return LocalScheduler(
-        args.jobs, data_root=args.data_root, force=args.force, loggers=check_loggers(args.logger),
-        progress=not args.quiet,
+    return Plan(
+        configs, args.out, jobs=args.jobs, ray_address=getattr(args, "ray", None) or ray_address, tune=tune,
+        early_stopping=getattr(args, "scheduler", None), gpus_per_run=getattr(args, "gpus_per_run", 1.0),
+        vectorize=vectorize,
+        data_root=args.data_root, force=args.force, loggers=args.logger, progress=not args.quiet,
     )
 
 
-def _run_all(configs, args, ray_address: str | None = None) -> list:
-    """Run ``configs`` (see :func:`_scheduler`), printing each as it finishes."""
-    from ckd.scheduling import run_all
+def _run_plan(plan, args) -> list:
+    """Run ``plan`` (``ckd.benchmarking.orchestration.run_plan``), printing each run as it finishes."""
+    from ckd.benchmarking.orchestration import run_plan
 
-    scheduler = _scheduler(args, ray_address)
     done = []
 
     def report(outcome) -> None:
         done.append(outcome)
-        prefix = f"[{len(done)}/{len(configs)}] " if len(configs) > 1 and not args.quiet else ""
+        prefix = f"[{len(done)}/{len(plan.configs)}] " if len(plan.configs) > 1 and not args.quiet else ""
         _print_outcome(outcome, prefix, args.debug)
 
-    return run_all(scheduler, configs, args.out, report)
-
-
-def _run_vectorized(configs, args) -> list:
-    """Run each group of ``configs`` that differ only in their seed as one pass of a
-    stacked model (``ckd.vectorized``), one group after another; every group is
-    checked before any runs."""
-    from dataclasses import replace
-
-    from ckd.scheduling import RunOutcome
-    from ckd.vectorized import check_vectorizable, run_vectorized_to_files
-
-    groups: dict[str, list] = {}
-    for c in configs:
-        groups.setdefault(json.dumps(replace(c, seed=0).resolved(), sort_keys=True), []).append(c)
-    for group in groups.values():
-        check_vectorizable(group)
-    outcomes = []
-    for group in groups.values():
-        done = run_vectorized_to_files(group, args.out, args.data_root, progress=not args.quiet, skip_existing=not args.force)
-        for config, (path, ran) in zip(group, done):
-            outcomes.append(RunOutcome(config, path, ran))
-            _print_outcome(outcomes[-1], debug=args.debug)
-    return outcomes
+    return run_plan(plan, report)
 
 
 def _cmd_run(args) -> int:
-    from ckd.runner import config_from_result
-    from ckd.suite import method_configs
+    from ckd.benchmarking.run_config import config_from_result
+    from ckd.benchmarking.suite import method_configs
 
     if args.from_result:
         result = json.loads(Path(args.from_result).read_text())
@@ -250,9 +215,9 @@ def _cmd_run(args) -> int:
             stream=args.stream, methods=args.method, seeds=args.seeds, settings=settings,
             device=args.device, task_labels=args.task_labels, **common,
         )
-    outcomes = _run_vectorized(configs, args) if args.vectorize else _run_all(configs, args)
+    outcomes = _run_plan(_plan(args, configs, vectorize=args.vectorize), args)
     if len(outcomes) > 1:
-        from ckd.summary import format_markdown, summarize
+        from ckd.reports.summary import format_markdown, summarize
 
         print()
         print(format_markdown(summarize([json.loads(o.path.read_text()) for o in outcomes])))
@@ -260,8 +225,8 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_suite(args) -> int:
-    from ckd.runner import result_path
-    from ckd.suite import load_suite, suite_ray_address, suite_vectorizes
+    from ckd.benchmarking.run_config import result_path
+    from ckd.benchmarking.suite import load_suite, suite_ray_address, suite_vectorizes
 
     configs = load_suite(args.suite, device=args.device)
     overrides = dict(amp=args.amp, checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema)
@@ -275,18 +240,18 @@ def _cmd_suite(args) -> int:
             print(result_path(args.out, c))
         return 0
     ray_address = args.ray or suite_ray_address(args.suite)
-    if suite_vectorizes(args.suite):
-        if ray_address is not None:
-            raise ValueError(f"{args.suite} vectorizes its seeds in one process; run it without Ray")
-        _run_vectorized(configs, args)
-    else:
-        _run_all(configs, args, ray_address)
+    vectorize = suite_vectorizes(args.suite)
+    if vectorize and ray_address is not None:
+        raise ValueError(f"{args.suite} vectorizes its seeds in one process; run it without Ray")
+    _run_plan(_plan(args, configs, ray_address, vectorize=vectorize), args)
     return 0
 
 
 def _cmd_sweep(args) -> int:
-    from ckd.runner import RunConfig
-    from ckd.sweep import format_sweep, run_sweep
+    from ckd.benchmarking.orchestration import make_scheduler
+    from ckd.benchmarking.run_config import RunConfig
+    from ckd.benchmarking.sweep import run_sweep
+    from ckd.reports.sweeps import format_sweep
 
     common = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, eval_ema_half_life=args.eval_ema)
     common = {k: v for k, v in common.items() if v is not None}
@@ -295,7 +260,8 @@ def _cmd_sweep(args) -> int:
         validation_fraction=args.validation_fraction, method_args=_parse_sets(args.set), **common,
     )
     sweep = run_sweep(
-        base, args.temperature, args.alpha, args.seeds, out_dir=args.out, scheduler=_scheduler(args, tune=True),
+        base, args.temperature, args.alpha, args.seeds, out_dir=args.out,
+        scheduler=make_scheduler(_plan(args, tune=True)),
         fmt=args.format,
         on_outcome=lambda outcome: _print_outcome(outcome, debug=args.debug),
     )
@@ -309,7 +275,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from ckd.summary import format_markdown, load_results, summarize, write_summary
+    from ckd.reports.summary import format_markdown, load_results, summarize, write_summary
 
     results = load_results(args.results)
     if not results:
@@ -322,7 +288,7 @@ def _cmd_summary(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from ckd.plotting import plot_all
+    from ckd.reports.plotting import plot_all
 
     paths = plot_all(args.results, args.out, fmt=args.format, labels=args.labels)
     if not paths:
@@ -355,8 +321,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        from ckd.errors import one_line
-
         print(f"ckd: error: {one_line(err)}", file=sys.stderr)
         return 2
 

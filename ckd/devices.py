@@ -1,17 +1,7 @@
-"""Small host tensors onto the training device inside a step, without a host sync."""
+"""Deprecated path: ``ckd.devices`` moved to :mod:`ckd.distillation.devices`; it works for one more release."""
 
-from __future__ import annotations
+from ckd._moved import warn_moved
 
-import torch
-from torch import Tensor
+warn_moved(__name__, 'ckd.distillation.devices')
 
-__all__ = ["to_device"]
-
-
-def to_device(tensor: Tensor, device: torch.device | str) -> Tensor:
-    """``tensor`` on ``device``. A host tensor bound for a CUDA device goes through pinned
-    memory with a non-blocking copy: a copy from pageable memory makes the host wait."""
-    device = torch.device(device)
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+from ckd.distillation.devices import *  # noqa: E402, F403

@@ -3,7 +3,7 @@
 Usage: python plots/accuracy_heatmap.py RESULTS_DIR --out FILE.{png,pdf,svg} [--stream S]
 """
 
-from ckd.plotting import figure_main, plot_accuracy_heatmaps
+from ckd.reports.plotting import figure_main, plot_accuracy_heatmaps
 
 if __name__ == "__main__":
     figure_main(plot_accuracy_heatmaps, __doc__.splitlines()[0])

@@ -4,7 +4,7 @@ Usage: python plots/distillers_dilemma.py SWEEP_DIR --out FILE.{png,pdf,svg} [--
 (SWEEP_DIR: the --out folder of `ckd sweep`.)
 """
 
-from ckd.plotting import figure_main, plot_distillers_dilemma
+from ckd.reports.plotting import figure_main, plot_distillers_dilemma
 
 if __name__ == "__main__":
     figure_main(plot_distillers_dilemma, __doc__.splitlines()[0])

@@ -3,7 +3,7 @@
 Usage: python plots/forgetting_curves.py RESULTS_DIR --out FILE.{png,pdf,svg} [--stream S]
 """
 
-from ckd.plotting import figure_main, plot_forgetting_curves
+from ckd.reports.plotting import figure_main, plot_forgetting_curves
 
 if __name__ == "__main__":
     figure_main(plot_forgetting_curves, __doc__.splitlines()[0])

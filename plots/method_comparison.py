@@ -3,7 +3,7 @@
 Usage: python plots/method_comparison.py RESULTS_DIR --out FILE.{png,pdf,svg} [--stream S]
 """
 
-from ckd.plotting import figure_main, plot_method_comparison
+from ckd.reports.plotting import figure_main, plot_method_comparison
 
 if __name__ == "__main__":
     figure_main(plot_method_comparison, __doc__.splitlines()[0])

@@ -1,14 +1,15 @@
-"""Run ``ckd.runner.run`` with one more plugin in its strategy (to record what the strategy sees),
+"""Run ``ckd.benchmarking.runner.run`` with one more plugin in its strategy (to record what the strategy sees),
 or with its strategies stopped at an experience (to interrupt a run)."""
 
 from __future__ import annotations
 
 import warnings
 
-import ckd.methods
-from ckd.runner import run
+import ckd.benchmarking.methods
+import ckd.benchmarking.runner
+from ckd.benchmarking.runner import run
 
-_MAKE_STRATEGY = ckd.methods.make_strategy  # the original: a second call must not wrap the first's wrapper
+_MAKE_STRATEGY = ckd.benchmarking.methods.make_strategy  # the original: a second call must not wrap the first's wrapper
 
 
 def run_with_plugin(config, plugin, monkeypatch) -> dict:
@@ -16,7 +17,7 @@ def run_with_plugin(config, plugin, monkeypatch) -> dict:
     def with_plugin(*args, extra_plugins=None, **kwargs):
         return _MAKE_STRATEGY(*args, extra_plugins=[*(extra_plugins or []), plugin], **kwargs)
 
-    monkeypatch.setattr(ckd.methods, "make_strategy", with_plugin)
+    monkeypatch.setattr(ckd.benchmarking.runner, "make_strategy", with_plugin)  # where run looks it up
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return run(config)
@@ -36,4 +37,4 @@ def interrupt_at(monkeypatch, experience: int) -> None:
         strategy.train = train_then_die
         return strategy
 
-    monkeypatch.setattr(ckd.methods, "make_strategy", interrupted)
+    monkeypatch.setattr(ckd.benchmarking.runner, "make_strategy", interrupted)

@@ -1,4 +1,4 @@
-"""Tests for ``ckd.amp``: autocast forward, float32 losses, fp16 loss scaling; the runner's ``amp``."""
+"""Tests for ``ckd.engines.amp``: autocast forward, float32 losses, fp16 loss scaling; the runner's ``amp``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 
-from ckd.amp import MixedPrecisionPlugin
-from ckd.runner import RunConfig, config_from_result, run
-from ckd.streams import make_stream
+from ckd.benchmarking.run_config import RunConfig, config_from_result
+from ckd.benchmarking.runner import run
+from ckd.data.streams import make_stream
+from ckd.engines.amp import MixedPrecisionPlugin
 
 
 class _Probe(nn.Module):

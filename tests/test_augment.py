@@ -1,4 +1,4 @@
-"""Tests for ``ckd.augment``: normalisation, the batched crop + flip, and its plugin."""
+"""Tests for ``ckd.data.augmentation``: normalisation, the batched crop + flip, and its plugin."""
 
 from __future__ import annotations
 
@@ -6,13 +6,8 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from ckd.augment import (
-    CIFAR10_NORMALIZATION,
-    AugmentationPlugin,
-    CropFlip,
-    Normalization,
-    random_crop_flip,
-)
+from ckd.data.augmentation import CIFAR10_NORMALIZATION, CropFlip, Normalization, random_crop_flip
+from ckd.engines.augmentation import AugmentationPlugin
 
 
 def position_images(b: int, c: int, h: int, w: int) -> torch.Tensor:
@@ -134,9 +129,9 @@ def test_teacher_targets_use_the_augmented_views_of_the_replayed_rows(tmp_path):
     from torch import nn
 
     from archives import write_cifar10
-    from ckd.methods import TrainSettings, make_strategy, resolve_method_args
-    from ckd.plugins import KDReplayPlugin
-    from ckd.streams import make_stream
+    from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
+    from ckd.data.streams import make_stream
+    from ckd.distillation.plugin import KDReplayPlugin
 
     write_cifar10(tmp_path, train_per_class=8, test_per_class=1)
     stream = make_stream("split-cifar10", data_root=tmp_path, checksum=False, n_experiences=5)

@@ -92,8 +92,8 @@ def test_the_picks_become_a_test_set_suite(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tuning"))
     import pick
 
-    from ckd.runner import RunConfig
-    from ckd.suite import load_suite
+    from ckd.benchmarking.run_config import RunConfig
+    from ckd.benchmarking.suite import load_suite
 
     for label, method, lr, ema, trained in [("seqmnist@500-er-ace-lr0.1", "er-ace", 0.1, 0.70, 0.80),
                                             ("seqmnist@500-kd-replay-lr0.03", "kd-replay", 0.03, 0.90, 0.85)]:

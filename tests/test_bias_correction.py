@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from ckd.bias_correction import align_weights
+from ckd.distillation.parts.weight_aligning import align_weights
 
 
 def test_weight_aligning_scales_the_new_rows_to_the_old_rows_mean_norm():

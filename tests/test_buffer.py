@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from ckd.buffer import ReplayBuffer, StackedBuffers
+from ckd.distillation.buffer import ReplayBuffer, StackedBuffers
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

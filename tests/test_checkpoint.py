@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckd.checkpoint import read_checkpoint
-from ckd.runner import RunConfig, checkpoint_path, config_from_result, result_path, run, run_to_file
+from ckd.benchmarking.checkpoint import read_checkpoint
+from ckd.benchmarking.run_config import RunConfig, checkpoint_path, config_from_result, result_path
+from ckd.benchmarking.runner import run, run_to_file
 from recording import interrupt_at
 
 SMALL = {"max_train_per_experience": 150}
 
 RUN_SCRIPT = """
 import json, sys
-from ckd.runner import RunConfig, run_to_file
+from ckd.benchmarking.runner import RunConfig, run_to_file
 run_to_file(RunConfig(**json.loads(sys.argv[1])), sys.argv[2])
 """
 
@@ -97,7 +98,7 @@ def test_a_checkpoint_of_other_settings_is_ignored_and_replaced(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         run_to_file(second, tmp_path)  # starts over, then writes its own checkpoint
     monkeypatch.undo()
-    from ckd.streams import make_stream
+    from ckd.data.streams import make_stream
 
     saved = read_checkpoint(ckpt, make_stream("split-digits", seed=0, **SMALL).benchmark.train_stream)
     assert saved["key"]["config"]["method_args"]["mem_size"] == 50 and saved["state"]["experiences"] == 2
@@ -126,7 +127,7 @@ from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
-from ckd.streams import make_stream
+from ckd.data.streams import make_stream
 
 sys.path.insert(0, {tests!r})
 from test_checkpoint import plugin_set
@@ -158,13 +159,14 @@ print("ROWS" + json.dumps(rows))
 
 def plugin_set(name: str) -> list:
     """The ckd plugins of a user's strategy, by name (every teacher kind and every part)."""
-    from ckd.bias_correction import WeightAligningPlugin
-    from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
-    from ckd.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
-    from ckd.plugins import KDReplayPlugin, LogitMatchingPlugin
-    from ckd.replay import DarkExperienceReplayPlugin, ERACEPlugin, OnlineReplayPlugin
-    from ckd.teacher import EnsembleTeacher
-    from ckd.weight_averaging import EMAEvaluationPlugin
+    from ckd.distillation.parts.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
+    from ckd.distillation.parts.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
+    from ckd.distillation.parts.logit_matching import LogitMatchingPlugin
+    from ckd.distillation.parts.weight_aligning import WeightAligningPlugin
+    from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin
+    from ckd.distillation.plugin import KDReplayPlugin
+    from ckd.distillation.replay import DarkExperienceReplayPlugin, ERACEPlugin, OnlineReplayPlugin
+    from ckd.distillation.teachers import EnsembleTeacher
 
     if name in ("snapshot", "cached", "own", "ema"):
         return [KDReplayPlugin(mem_size=80, teacher=name, policy="reservoir", beta=0.5), EMAEvaluationPlugin()]
@@ -230,6 +232,6 @@ def test_save_checkpoint_keeps_the_optimizer_momentum(tmp_path, digits_stream):
 
 @pytest.fixture(scope="module")
 def digits_stream():
-    from ckd.streams import make_stream
+    from ckd.data.streams import make_stream
 
     return make_stream("split-digits", seed=0)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ckd.augment import AugmentationPlugin
+from ckd.benchmarking.runner import run, run_to_file
+from ckd.benchmarking.suite import load_suite
 from ckd.cli import main
-from ckd.runner import run, run_to_file
-from ckd.suite import load_suite
+from ckd.engines.augmentation import AugmentationPlugin
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 GPU_SUITE = BENCHMARKS / "der_seq_cifar10.toml"

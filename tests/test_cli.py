@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from ckd.cli import main
-from ckd.errors import RunsFailed
+from ckd.common.errors import RunsFailed
 
 
 @pytest.mark.parametrize("extra", [[], ["--jobs", "2", "--epochs", "1"]], ids=["quick-start", "two-workers"])

@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from ckd.current_data import CurrentDistillationPlugin
-from ckd.diagnostics import (
+from ckd.benchmarking.methods import METHOD_DEFAULTS
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
+from ckd.distillation.diagnostics import (
     TeacherComparison,
     agreement,
     compare_with_teacher,
@@ -14,10 +16,9 @@ from ckd.diagnostics import (
     find_distiller,
     split_accuracy,
 )
-from ckd.methods import METHOD_DEFAULTS
-from ckd.plugins import KDReplayPlugin
-from ckd.runner import RunConfig, run
-from ckd.teacher import FrozenModel
+from ckd.distillation.frozen import FrozenModel
+from ckd.distillation.parts.current_data import CurrentDistillationPlugin
+from ckd.distillation.plugin import KDReplayPlugin
 
 REPORT_KEYS = {"agreement", "kl", "teacher_accuracy", "teacher_correct_accuracy", "teacher_wrong_accuracy",
                "ece_student", "ece_teacher"}

@@ -1,4 +1,4 @@
-"""Tests for ``ckd.evaluation``'s metrics as a user's own Avalanche script uses them."""
+"""Tests for ``ckd.distillation.parts.distillation_metrics``'s metrics as a user's own Avalanche script uses them."""
 
 import re
 from collections import defaultdict
@@ -8,9 +8,9 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
 
 import user_scripts
-from ckd.current_data import CurrentDistillationPlugin
-from ckd.evaluation import DistillationLossMetric, DistillationMetrics
-from ckd.plugins import KDReplayPlugin
+from ckd.distillation.parts.current_data import CurrentDistillationPlugin
+from ckd.distillation.parts.distillation_metrics import DistillationLossMetric, DistillationMetrics
+from ckd.distillation.plugin import KDReplayPlugin
 
 
 def _reported(metrics: dict) -> list[str]:

@@ -3,10 +3,11 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from ckd import KDReplayPlugin
-from ckd.current_data import CurrentDistillationPlugin
-from ckd.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
-from ckd.runner import RunConfig, run
-from ckd.streams import make_stream
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
+from ckd.data.streams import make_stream
+from ckd.distillation.parts.current_data import CurrentDistillationPlugin
+from ckd.distillation.parts.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
 from test_plugins import _mlp, _strategy, _train
 
 
@@ -62,7 +63,7 @@ def test_feature_plugins_reject_bad_settings():
     with pytest.raises(ValueError, match="metric must be 'l2' or 'cosine'"):
         FeatureDistillationPlugin(KDReplayPlugin(), metric="l1")
     with pytest.raises(ValueError, match="no nn.Linear layer, which distilling the penultimate features"):
-        from ckd.feature_distillation import _resolve
+        from ckd.distillation.parts.feature_distillation import _resolve
 
         _resolve(nn.Sequential(nn.ReLU()), "penultimate")
 

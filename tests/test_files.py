@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ckd.files import write_json_atomic, write_text_atomic
+from ckd.common.files import write_json_atomic, write_text_atomic
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for ``ckd.image_files`` and the streams built on it: ``split-cifar10`` from the JPEG
+"""Tests for ``ckd.data.image_files`` and the streams built on it: ``split-cifar10`` from the JPEG
 copy of CIFAR-10, and ``image-folder:PATH``.
 
 The CIFAR-10 tests read the real archive, ``CIFAR10-JPEG/cifar10-jpeg.tar.gz`` under
@@ -22,13 +22,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import ckd.image_files as image_files
-import ckd.streams as streams
-from ckd.augment import CIFAR10_NORMALIZATION
-from ckd.files import md5sum
-from ckd.image_files import load_image_set
-from ckd.runner import RunConfig, run
-from ckd.streams import DatasetNotFoundError, make_stream
+import ckd.data.dataset_files as dataset_files
+import ckd.data.decoders as decoders
+import ckd.data.image_files as image_files
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
+from ckd.common.files import md5sum
+from ckd.data.augmentation import CIFAR10_NORMALIZATION
+from ckd.data.dataset_files import DatasetNotFoundError
+from ckd.data.image_files import load_image_set
+from ckd.data.streams import make_stream
 
 REPO = Path(__file__).resolve().parents[1]
 JPEG = "CIFAR10-JPEG/cifar10-jpeg.tar.gz"
@@ -111,7 +114,7 @@ def one_line_error(error: pytest.ExceptionInfo, *names: object) -> str:
 
 
 def test_the_real_archive_has_the_published_md5_and_size(real_jpeg):
-    assert md5sum(real_jpeg) == streams._CIFAR10_JPEG_MD5 == "82072a447fb69db2d9437e04b70ccaa1"
+    assert md5sum(real_jpeg) == dataset_files.CIFAR10_JPEG_MD5 == "82072a447fb69db2d9437e04b70ccaa1"
     assert real_jpeg.stat().st_size == 19_436_979
 
 
@@ -164,7 +167,7 @@ def test_corrupt_copies_are_refused_in_one_line(real_jpeg, jpeg_slice, tmp_path)
     flipped_crc = sliced[:-6] + bytes([sliced[-6] ^ 0xFF]) + sliced[-5:]
     for broken in (sliced[: len(sliced) // 2], sliced[:-3], flipped_crc):  # the last two decompress in full
         copy.write_bytes(broken)
-        streams._decoded.clear()
+        decoders._decoded.clear()
         with pytest.raises(DatasetNotFoundError, match="not a readable tar archive") as err:
             make_stream("split-cifar10", data_root=tmp_path / "root", checksum=False)
         one_line_error(err, copy)
@@ -216,7 +219,7 @@ def test_the_second_load_reads_the_disk_cache(jpeg_slice, cache_dir, monkeypatch
 
     monkeypatch.setattr(image_files, "_decode", no_decoding)
     monkeypatch.setattr(image_files, "_archive_entries", no_decoding)
-    streams._decoded.clear()  # as in a new process
+    decoders._decoded.clear()  # as in a new process
     second = make_stream("split-cifar10", data_root=root, checksum=False)
     for i in range(5):
         assert all(torch.equal(a, b) for a, b in zip(first.test_tensors(i), second.test_tensors(i)))
@@ -386,7 +389,7 @@ def test_image_folder_cache_follows_the_files(tmp_path):
     image = root / "test" / "ant" / "img0.png"
     image.write_bytes(png(np.zeros((6, 8, 3), np.uint8)))
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
-    streams._decoded.clear()
+    decoders._decoded.clear()
     second = make_stream(f"image-folder:{root}").test_tensors(0)
     assert not torch.equal(first[0][0], second[0][0]) and torch.equal(first[0][1:], second[0][1:])
     assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -4,8 +4,9 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ckd.loggers import check_loggers
-from ckd.runner import RunConfig, result_path, run_to_file
+from ckd.benchmarking.loggers import check_loggers
+from ckd.benchmarking.run_config import RunConfig, result_path
+from ckd.benchmarking.runner import run_to_file
 
 CONFIG = RunConfig("split-digits", "kd-replay", seed=0, epochs=1, max_train_per_experience=120,
                    method_args={"mem_size": 40})
@@ -65,7 +66,7 @@ def test_logger_names_are_checked():
 def test_wandb_logs_offline_unless_configured(tmp_path, monkeypatch):
     from avalanche.evaluation.metric_results import AlternativeValues
 
-    from ckd.loggers import close_loggers, make_loggers
+    from ckd.benchmarking.loggers import close_loggers, make_loggers
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

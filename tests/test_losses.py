@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ckd.losses import (
+from ckd.distillation.losses import (
     asymmetric_logits,
     average_soft_targets,
     feature_distance,

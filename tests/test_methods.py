@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from ckd.methods import LEGACY_KD_ARGS, METHOD_DEFAULTS, make_strategy, resolve_method_args
-from ckd.runner import config_from_result
+from ckd.benchmarking.methods import LEGACY_KD_ARGS, METHOD_DEFAULTS, make_strategy, resolve_method_args
+from ckd.benchmarking.run_config import config_from_result
 
 RESULTS = sorted(Path(__file__).parents[1].joinpath("benchmarks", "results").rglob("*__seed*.json"))
 
@@ -30,7 +30,7 @@ def test_every_committed_result_maps_to_a_config_that_runs_the_same_parts():
 def _plugins(method, **overrides):
     from torch import nn
 
-    from ckd.methods import TrainSettings
+    from ckd.benchmarking.methods import TrainSettings
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     args = resolve_method_args(method, overrides)

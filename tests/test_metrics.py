@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ckd.metrics import (
+from ckd.reports.metrics import (
     accuracy_matrix,
     average_forgetting,
     average_forgetting_avalanche,

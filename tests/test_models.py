@@ -1,4 +1,4 @@
-"""Tests for ``ckd.models``: the DER ResNet-18 and user-defined models."""
+"""Tests for ``ckd.data.models``: the DER ResNet-18 and user-defined models."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from ckd.feature_distillation import PENULTIMATE, _capture
-from ckd.models import ResNet18, make_model
+from ckd.data.models import ResNet18, make_model
+from ckd.distillation.parts.feature_distillation import PENULTIMATE, _capture
 
 
 def test_resnet18_shapes_and_size_for_cifar():

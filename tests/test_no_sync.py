@@ -21,15 +21,21 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models.dynamic_modules import MultiTaskModule
 from torch import nn
 
-from ckd.methods import METHOD_DEFAULTS, TrainSettings, available_methods, make_strategy, resolve_method_args
-from ckd.models import mlp
-from ckd.streams import make_stream
+from ckd.benchmarking.methods import (
+    METHOD_DEFAULTS,
+    TrainSettings,
+    available_methods,
+    make_strategy,
+    resolve_method_args,
+)
+from ckd.data.models import mlp
+from ckd.data.streams import make_stream
 from host_sync import HostSyncError, forbid_host_syncs
 
 # Syncs inside Avalanche's own code, which ckd cannot remove, on Avalanche's loader
 # (loader="avalanche"); these methods are checked to still sync there (strict xfail),
 # so that the day Avalanche stops, the exception is dropped. The tensor path replaces
-# them (ckd.training.TensorDER) and is checked like every other method.
+# them (ckd.engines.training.TensorDER) and is checked like every other method.
 AVALANCHE_SYNCS = {
     "der": "Avalanche's DER draws its replay batch inside before_forward from a CPU DataLoader "
            "(RandomSampler calls randperm(...).tolist(), then a host-to-device copy)",
@@ -147,10 +153,12 @@ def test_no_training_iteration_of_any_method_syncs(method, loader):
 ])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_no_vectorized_step_syncs(method, args, device, monkeypatch):
-    """Each step of the vectorized pass (``ckd.vectorized._step``, then the buffers'
+    """Each step of the vectorized pass (``ckd.engines.vectorized._step``, then the buffers'
     insertion and the EMAs' update) from the second experience on."""
-    import ckd.vectorized as vectorized
-    from ckd.runner import RunConfig
+    import ckd.engines.stacked_kd as stacked_kd
+    import ckd.engines.vectorized as vectorized
+    from ckd.benchmarking.run_config import RunConfig
+    from ckd.benchmarking.vectorized_runs import VectorizedTraining
 
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
@@ -160,7 +168,7 @@ def test_no_vectorized_step_syncs(method, args, device, monkeypatch):
                for s in (0, 1)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        training = vectorized.VectorizedTraining(configs)
+        training = VectorizedTraining(configs)
     training.train_experience(0)
     guarded = []
 
@@ -173,8 +181,8 @@ def test_no_vectorized_step_syncs(method, args, device, monkeypatch):
         return run
 
     monkeypatch.setattr(vectorized, "_step", guard(vectorized._step))
-    monkeypatch.setattr(vectorized._StackedKD, "after_iteration", guard(vectorized._StackedKD.after_iteration))
-    monkeypatch.setattr(vectorized._StackedEMA, "update", guard(vectorized._StackedEMA.update))
+    monkeypatch.setattr(stacked_kd.StackedKD, "after_iteration", guard(stacked_kd.StackedKD.after_iteration))
+    monkeypatch.setattr(stacked_kd.StackedEMA, "update", guard(stacked_kd.StackedEMA.update))
     training.train_experience(1)
     assert guarded.count("_step") >= 6
 
@@ -188,8 +196,8 @@ def test_current_classes_only_does_not_sync():
 @pytest.mark.parametrize("loader", ["tensor", "avalanche"])
 def test_kd_replay_with_the_distillation_loss_metric_does_not_sync(loader):
     """The metric sums each step's term on the device and reads the sum at the epoch's end."""
-    from ckd.evaluation import DistillationLossMetric
-    from ckd.plugins import KDReplayPlugin
+    from ckd.distillation.parts.distillation_metrics import DistillationLossMetric
+    from ckd.distillation.plugin import KDReplayPlugin
 
     evaluators = []
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from ckd.plotting import (
+from ckd.reports.plotting import (
     DPI,
     METHOD_COLORS,
     figure_size,
@@ -15,7 +15,7 @@ from ckd.plotting import (
     plot_all,
     plot_forgetting_curves,
 )
-from ckd.summary import load_results
+from ckd.reports.summary import load_results
 
 T = 3
 
@@ -115,7 +115,7 @@ def test_method_colors_are_fixed_for_known_and_stable_for_unknown_methods():
     assert {method_color(m) for m in ("icarl", "gdumb", "agem", "mir")} == {"#8c6d31", "#843c39", "#dbdb8d", "#393b79"}
     assert not {method_color(m) for m in ("my-new-method", "icarl", "gdumb", "agem", "mir")} & set(METHOD_COLORS.values())
     # The same colour in another process, whatever its string-hash seed (hash() would differ).
-    code = "from ckd.plotting import method_color; print(method_color('my-new-method'))"
+    code = "from ckd.reports.plotting import method_color; print(method_color('my-new-method'))"
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout

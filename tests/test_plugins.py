@@ -16,12 +16,15 @@ from torch import nn
 
 import user_scripts
 from ckd import KDReplayPlugin
-from ckd.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
-from ckd.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
-from ckd.plugins import KDReplayConfig, LogitMatchingPlugin
-from ckd.runner import AccuracyEvaluator, RunConfig, run
-from ckd.streams import make_stream
-from ckd.teacher import EnsembleTeacher
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
+from ckd.benchmarking.scoring import AccuracyEvaluator
+from ckd.data.streams import make_stream
+from ckd.distillation.parts.current_data import AsymmetricCrossEntropyPlugin, CurrentDistillationPlugin
+from ckd.distillation.parts.feature_distillation import FeatureDistillationPlugin, RelationDistillationPlugin
+from ckd.distillation.parts.logit_matching import LogitMatchingPlugin
+from ckd.distillation.plugin import KDReplayConfig
+from ckd.distillation.teachers import EnsembleTeacher
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,7 @@ def _train(strategy, stream, experiences=None, seed=0):
         ({"alpha": (1.0, "x")}, "alpha must be a number >= 0 or one per experience, got (1.0, 'x')"),
         ({"config": 42}, "config must be a KDReplayConfig or a dict of its settings, got int"),
         ({"teacher": 3}, "teacher must be a teacher name ('snapshot', 'cached', 'own', 'ensemble', 'ema'), "
-                         "a teacher part (ckd.teacher) or a trained torch.nn.Module, got int"),
+                         "a teacher part (ckd.distillation.teachers) or a trained torch.nn.Module, got int"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, message):
@@ -155,7 +158,7 @@ def test_construction_is_keyword_only_and_the_config_is_the_one_source_of_defaul
         KDReplayPlugin(known_classes_only=True)
     assert KDReplayPlugin().config == KDReplayConfig()
     assert KDReplayPlugin(mem_size=7).config == KDReplayConfig(mem_size=7)
-    from ckd.methods import METHOD_DEFAULTS
+    from ckd.benchmarking.methods import METHOD_DEFAULTS
 
     # The runner's kd-replay starts from the same values.
     for key, value in vars(KDReplayConfig()).items():
@@ -408,7 +411,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from avalanche.checkpointing import maybe_load_checkpoint
 from test_plugins import _checkpointed_strategy, _train
-from ckd.streams import make_stream
+from ckd.data.streams import make_stream
 
 strategy, start = maybe_load_checkpoint(_checkpointed_strategy({policy!r}, {teacher!r}), {ckpt!r})
 print("ROWS", (start, _train(strategy, make_stream("split-digits", seed=0), experiences=set(range(start, 5)))))
@@ -497,7 +500,7 @@ class _LwFProbe(SupervisedPlugin):
     def before_backward(self, strategy, **kwargs):
         if self.lwf.teacher is None:
             return
-        from ckd.losses import soft_kl
+        from ckd.distillation.losses import soft_kl
 
         x, y = strategy.mb_x, strategy.mb_y
         with torch.no_grad():
@@ -526,7 +529,7 @@ def test_current_data_distillation_shares_the_kd_plugins_teacher(digits):
 
 
 def test_current_alpha_needs_a_teacher_model():
-    from ckd.methods import TrainSettings, make_strategy
+    from ckd.benchmarking.methods import TrainSettings, make_strategy
 
     settings = TrainSettings(0.1, 10, 1, 100, "cpu")
     with pytest.raises(ValueError, match="current_alpha > 0 needs a teacher model"):
@@ -536,7 +539,7 @@ def test_current_alpha_needs_a_teacher_model():
 
 
 def _kd_args():
-    from ckd.methods import resolve_method_args
+    from ckd.benchmarking.methods import resolve_method_args
 
     return resolve_method_args("kd-replay-lwf")
 
@@ -582,8 +585,8 @@ def test_several_teachers_keep_the_last_snapshots_and_one_teacher_is_kd_replay(d
 def test_distillation_metrics_report_student_against_teacher_during_eval(digits):
     from avalanche.evaluation.metrics import accuracy_metrics
 
-    from ckd.diagnostics import distillation_report
-    from ckd.evaluation import DistillationMetrics
+    from ckd.distillation.diagnostics import distillation_report
+    from ckd.distillation.parts.distillation_metrics import DistillationMetrics
 
     torch.manual_seed(0)
     kd = KDReplayPlugin(mem_size=100, beta=1.0, temperature=2.0)
@@ -639,7 +642,7 @@ def test_logit_matching_adds_the_mse_to_the_teachers_targets(digits):
             step = kd.replay
             if step is None or step.teacher_logits is None:
                 return
-            from ckd.losses import soft_kl
+            from ckd.distillation.losses import soft_kl
 
             s, t, mask = step.student_logits.detach(), step.teacher_logits, step.teacher_mask
             kl = float(soft_kl(s, t, kd.config.temperature, mask))
@@ -703,7 +706,7 @@ def _replaying_strategy(name, model, kd):
     from avalanche.training import DER, ER_ACE
     from avalanche.training.plugins import ReplayPlugin
 
-    from ckd.replay import ExperienceReplayPlugin
+    from ckd.distillation.replay import ExperienceReplayPlugin
 
     if name in ("DER", "ER_ACE"):
         strategy = DER if name == "DER" else ER_ACE
@@ -740,7 +743,7 @@ def test_another_replay_beside_the_kd_plugin_is_refused(name, remedy):
 
 
 def test_ema_evaluation_scores_the_averaged_weights_and_restores_the_trained_ones(digits):
-    from ckd.weight_averaging import EMAEvaluationPlugin, evaluation_model
+    from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin, evaluation_model
 
     ema = EMAEvaluationPlugin(half_life=0.2)
     model = _mlp()
@@ -765,7 +768,7 @@ def test_ema_evaluation_scores_the_averaged_weights_and_restores_the_trained_one
 
 @pytest.mark.slow
 def test_ema_teacher_and_ema_evaluation_reduce_forgetting_on_split_digits():
-    from ckd.weight_averaging import EMAEvaluationPlugin
+    from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin
 
     naive, _ = _final_accuracy([])
     online, _ = _final_accuracy([KDReplayPlugin(mem_size=100, teacher="ema"), EMAEvaluationPlugin()])

@@ -11,11 +11,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ckd.errors import RunsFailed  # noqa: E402
-from ckd.ray_scheduler import RayScheduler  # noqa: E402
-from ckd.runner import RunConfig, result_path  # noqa: E402
-from ckd.scheduling import FAILURES_FILE, LocalScheduler, run_all  # noqa: E402
-from ckd.suite import load_suite  # noqa: E402
+from ckd.benchmarking.ray_scheduler import RayScheduler  # noqa: E402
+from ckd.benchmarking.run_config import RunConfig, result_path  # noqa: E402
+from ckd.benchmarking.scheduling import FAILURES_FILE, LocalScheduler, run_all  # noqa: E402
+from ckd.benchmarking.suite import load_suite  # noqa: E402
+from ckd.common.errors import RunsFailed  # noqa: E402
 
 # What differs between two runs of one config: time and the process's memory.
 VOLATILE = ("wall_time_s", "wall_time_per_experience_s", "peak_cpu_memory_mb")

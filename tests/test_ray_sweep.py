@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("ray")
 
-from ckd.ray_sweep import TuneScheduler  # noqa: E402
-from ckd.runner import RunConfig  # noqa: E402
-from ckd.scheduling import LocalScheduler  # noqa: E402
-from ckd.sweep import run_sweep  # noqa: E402
+from ckd.benchmarking.run_config import RunConfig  # noqa: E402
+from ckd.benchmarking.scheduling import LocalScheduler  # noqa: E402
+from ckd.benchmarking.sweep import run_sweep  # noqa: E402
+from ckd.benchmarking.tune_scheduler import TuneScheduler  # noqa: E402
 
 BASE = RunConfig("split-digits", "kd-replay", epochs=1, validation_fraction=0.1, max_train_per_experience=60,
                  method_args={"mem_size": 20})

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
-from ckd.replay import DarkExperienceReplayPlugin, ERACEPlugin, OnlineReplayPlugin
-from ckd.runner import RunConfig, run
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
+from ckd.distillation.replay import DarkExperienceReplayPlugin, ERACEPlugin, OnlineReplayPlugin
 from recording import run_with_plugin
 
 
@@ -208,7 +209,7 @@ def test_der_authors_stores_each_steps_logits_and_distils_from_the_first_experie
 def test_methods_build_their_plugin_with_their_settings_and_the_runs_seed(method, plugin, overrides, settings):
     from torch import nn
 
-    from ckd.methods import TrainSettings, make_strategy, resolve_method_args
+    from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
 
     args = resolve_method_args(method, overrides)
     strategy = make_strategy(method, nn.Linear(4, 3), TrainSettings(0.1, 10, 1, 100, "cpu"), args, seed=7)
@@ -219,7 +220,7 @@ def test_methods_build_their_plugin_with_their_settings_and_the_runs_seed(method
 
 @pytest.mark.parametrize("method", ["er", "er-ace", "der-authors"])
 def test_results_written_before_the_separate_forwards_read_as_one_joint_forward(method):
-    from ckd.runner import config_from_result
+    from ckd.benchmarking.run_config import config_from_result
 
     written = RunConfig("split-digits", method, seed=0).resolved()
     del written["method_args"]["joint_forward"]  # as every such result written before the setting existed
@@ -282,12 +283,12 @@ def test_replayed_rows_pass_through_the_strategys_forward_wrappers(tmp_path, met
     from torch import nn
 
     from archives import write_cifar10
-    from ckd.amp import MixedPrecisionPlugin
-    from ckd.augment import AugmentationPlugin
-    from ckd.methods import TrainSettings, make_strategy, resolve_method_args
-    from ckd.streams import make_stream
-    from ckd.training import dataset_tensors
-    from ckd.weight_averaging import EMAEvaluationPlugin, evaluation_model
+    from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
+    from ckd.data.streams import make_stream
+    from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin, evaluation_model
+    from ckd.engines.amp import MixedPrecisionPlugin
+    from ckd.engines.augmentation import AugmentationPlugin
+    from ckd.engines.tensor_data import dataset_tensors
 
     write_cifar10(tmp_path, train_per_class=8, test_per_class=1)
     stream = make_stream("split-cifar10", data_root=tmp_path, checksum=False, n_experiences=5)
@@ -338,8 +339,8 @@ def _bn_mlp(batch_norm: bool) -> torch.nn.Module:
 @pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("method", ["er-ace", "der-authors"])
 def test_batch_norm_normalises_the_stream_rows_alone_then_each_draw_alone(method, fast):
-    from ckd.methods import TrainSettings, make_strategy, resolve_method_args
-    from ckd.streams import make_stream
+    from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
+    from ckd.data.streams import make_stream
 
     stream = make_stream("split-digits", seed=0, max_train_per_experience=40)
     sizes: dict[bool, list[int]] = {}

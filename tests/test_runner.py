@@ -3,10 +3,11 @@ import json
 import matplotlib.image
 import pytest
 
-import ckd.runner as runner_module
+import ckd.benchmarking.runner as runner_module
+from ckd.benchmarking.run_config import RunConfig, checkpoint_path, config_from_result
+from ckd.benchmarking.runner import run, run_to_file
+from ckd.benchmarking.suite import load_suite
 from ckd.cli import main
-from ckd.runner import RunConfig, checkpoint_path, config_from_result, run, run_to_file
-from ckd.suite import load_suite
 from recording import interrupt_at
 
 SUITE = """
@@ -257,7 +258,7 @@ def test_the_stream_sets_the_default_ema_half_life_and_bad_values_are_refused():
 
 def test_a_result_written_with_ema_as_a_method_setting_is_kept(tmp_path):
     """Results written when EMA scoring was a kd-* method setting still count as done."""
-    from ckd.runner import has_result, result_path
+    from ckd.benchmarking.run_config import has_result, result_path
 
     config = RunConfig("split-digits", "kd-replay", seed=0, epochs=1, eval_ema_half_life=0.3)
     old = json.loads(json.dumps(config.resolved()))
@@ -284,13 +285,13 @@ def test_cli_eval_ema_and_no_augmentation_reach_the_config(tmp_path):
 
 
 def test_augmentation_false_trains_without_the_streams_crop_and_flip(tmp_path, monkeypatch):
-    import ckd.augment
+    import ckd.data.augmentation
     from archives import write_cifar10
 
     write_cifar10(tmp_path, train_per_class=4, test_per_class=1)
     calls = []
-    original = ckd.augment.CropFlip.__call__
-    monkeypatch.setattr(ckd.augment.CropFlip, "__call__", lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    original = ckd.data.augmentation.CropFlip.__call__
+    monkeypatch.setattr(ckd.data.augmentation.CropFlip, "__call__", lambda self, x: calls.append(x.shape[0]) or original(self, x))
     fields = dict(model="cnn", epochs=1, batch_size=4, checksum=False, eval_ema_half_life=0.0)
     run(RunConfig("split-cifar10", "naive", augmentation=False, **fields), data_root=tmp_path)
     assert calls == []

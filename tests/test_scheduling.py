@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from ckd.errors import RunsFailed
-from ckd.runner import RunConfig, result_path
-from ckd.scheduling import FAILURES_FILE, LocalScheduler, execute, run_all
+from ckd.benchmarking.run_config import RunConfig, result_path
+from ckd.benchmarking.scheduling import FAILURES_FILE, LocalScheduler, execute, run_all
+from ckd.common.errors import RunsFailed
 
 GOOD = RunConfig("split-digits", "naive", seed=0, epochs=1, max_train_per_experience=40)
 # Valid as a config, refused when the plugin is built: a run that fails.

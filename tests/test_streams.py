@@ -1,8 +1,8 @@
-"""Tests for ``ckd.streams``: the seeded task streams and their data loading.
+"""Tests for ``ckd.data.streams``: the seeded task streams and their data loading.
 
 MNIST-based tests read the data root from ``CKD_DATA_ROOT`` and are skipped when
 the files are not there; raw IDX files are decoded here independently of
-``ckd.streams`` to serve as the reference.
+``ckd.data.streams`` to serve as the reference.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import ckd.streams as streams
-from ckd.streams import DatasetNotFoundError, Stream, available_streams, make_stream, resolve_data_root
+import ckd.data.decoders as decoders
+import ckd.data.sampling as sampling
+from ckd.data.dataset_files import DatasetNotFoundError, resolve_data_root
+from ckd.data.stream import Stream
+from ckd.data.streams import available_streams, make_stream
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -350,9 +353,9 @@ def test_rotated_mnist_rotates_whole_images(mnist_root):
     stream = make_stream("rotated-mnist", data_root=mnist_root, n_experiences=3, seed=5, max_train_per_experience=50)
     raw_x, raw_y = read_raw(mnist_root, "MNIST", "test")
     raw = torch.from_numpy(raw_x[:500]).view(-1, 1, 28, 28)
-    angles = streams._rotation_angles(3, 5)
+    angles = sampling.rotation_angles(3, 5)
     assert all(0.0 <= a < 180.0 for a in angles) and len(set(angles)) == 3
-    assert angles != streams._rotation_angles(3, 6)
+    assert angles != sampling.rotation_angles(3, 6)
     for i, angle in enumerate(angles):
         x, y, _ = stream.test_tensors(i)
         assert torch.equal(y, torch.from_numpy(raw_y))
@@ -462,7 +465,7 @@ def test_files_are_decoded_once_per_root(mnist_root, monkeypatch):
     def no_reading(*args, **kwargs):
         raise AssertionError("MNIST files were read again")
 
-    monkeypatch.setattr(streams, "_read_idx", no_reading)
+    monkeypatch.setattr(decoders, "_read_idx", no_reading)
     make_stream("permuted-mnist", data_root=mnist_root, n_experiences=1, max_train_per_experience=5)
 
 
@@ -478,7 +481,7 @@ def test_nothing_touches_the_network(monkeypatch, tmp_path):
         make_stream("split-mnist", data_root=tmp_path)
     root = os.environ.get("CKD_DATA_ROOT", "")
     if root and (Path(root) / "MNIST" / "raw" / MNIST_FILES[0]).is_file():
-        streams._decoded.clear()
+        decoders._decoded.clear()
         tiny("rotated-mnist", Path(root), n_experiences=2)
 
 
@@ -618,7 +621,7 @@ def test_python2_pickles_with_str_keys_read_the_same(tmp_path):
 
     folder = write_cifar10(tmp_path, train_per_class=2, test_per_class=2)
     reference = make_stream("split-cifar10", data_root=tmp_path, checksum=False).test_tensors(0)
-    streams._decoded.clear()
+    decoders._decoded.clear()
     entry = pickle.loads((folder / "test_batch").read_bytes())
     with (folder / "test_batch").open("wb") as f:
         pickle.dump({k.decode(): v for k, v in entry.items()}, f, protocol=2)
@@ -631,7 +634,7 @@ def test_image_files_are_decoded_once_per_folder(image_root, monkeypatch):
     def no_reading(*args, **kwargs):
         raise AssertionError("CIFAR-100 files were read again")
 
-    monkeypatch.setattr(streams, "_unpickle", no_reading)
+    monkeypatch.setattr(decoders, "_unpickle", no_reading)
     make_stream("split-cifar100", data_root=image_root, checksum=False, n_experiences=2, seed=4)
 
 

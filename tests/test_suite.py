@@ -1,6 +1,6 @@
 import pytest
 
-from ckd.suite import method_configs, suite_ray_address
+from ckd.benchmarking.suite import method_configs, suite_ray_address
 
 
 def test_shared_settings_go_to_the_methods_that_have_them():

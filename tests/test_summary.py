@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ckd.summary import format_markdown, load_results, setting_label, summarize, write_summary
+from ckd.reports.summary import format_markdown, load_results, setting_label, summarize, write_summary
 
 
 def run(method, seed, R, *, stream="split-mnist", mem_size=None, **extra):

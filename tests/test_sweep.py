@@ -4,10 +4,11 @@ import math
 import matplotlib.image
 import pytest
 
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.sweep import sweep_configs
 from ckd.cli import main
-from ckd.plotting import plot_distillers_dilemma
-from ckd.runner import RunConfig
-from ckd.sweep import format_sweep, recommend, summarize_sweep, sweep_configs
+from ckd.reports.plotting import plot_distillers_dilemma
+from ckd.reports.sweeps import format_sweep, recommend, summarize_sweep
 
 
 def _result(t, alpha, seed, accuracy, agreement, wrong, method="kd-replay"):

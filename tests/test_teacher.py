@@ -4,16 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from ckd.teacher import (
-    CachedTeacher,
-    EMATeacher,
-    EMAWeights,
-    FrozenModel as Teacher,
-    SnapshotTeacher,
-    TeacherSet,
-    decay_for_half_life,
-    make_teacher,
-)
+from ckd.distillation.ema import EMAWeights, decay_for_half_life
+from ckd.distillation.frozen import FrozenModel as Teacher, TeacherSet
+from ckd.distillation.teachers import CachedTeacher, EMATeacher, SnapshotTeacher, make_teacher
 
 
 def _model():

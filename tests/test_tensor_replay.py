@@ -8,12 +8,14 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.utils import cycle
 from torch.utils.data import DataLoader, TensorDataset
 
-from ckd.methods import TrainSettings, make_strategy, resolve_method_args
-from ckd.models import mlp
-from ckd.runner import RunConfig, run
-from ckd.streams import make_stream
-from ckd.tensor_replay import CycledBatches, ReplayBatches, cycled_rows, replay_rows
-from ckd.training import TensorDER, TensorLogitBuffer, dataset_tensors
+from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
+from ckd.data.models import mlp
+from ckd.data.streams import make_stream
+from ckd.engines.tensor_data import dataset_tensors
+from ckd.engines.tensor_replay import CycledBatches, ReplayBatches, cycled_rows, replay_rows
+from ckd.engines.training import TensorDER, TensorLogitBuffer
 from recording import run_with_plugin
 
 
@@ -127,7 +129,7 @@ class _Minibatches(SupervisedPlugin):
 
 
 def _minibatches(config, monkeypatch) -> _Minibatches:
-    """The minibatches of ``ckd.runner.run(config)``, recorded by a plugin added to its strategy."""
+    """The minibatches of ``ckd.benchmarking.runner.run(config)``, recorded by a plugin added to its strategy."""
     recorder = _Minibatches()
     run_with_plugin(config, recorder, monkeypatch)
     return recorder

@@ -6,11 +6,12 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from torch.utils.data import DataLoader
 
-from ckd.methods import TrainSettings, make_strategy, resolve_method_args
-from ckd.models import mlp
-from ckd.runner import AccuracyEvaluator
-from ckd.streams import make_stream
-from ckd.training import TensorBatches, TensorNaive, dataset_tensors
+from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
+from ckd.benchmarking.scoring import AccuracyEvaluator
+from ckd.data.models import mlp
+from ckd.data.streams import make_stream
+from ckd.engines.tensor_data import TensorBatches, dataset_tensors
+from ckd.engines.training import TensorNaive
 from host_sync import forbid_host_syncs
 
 

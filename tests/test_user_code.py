@@ -1,4 +1,4 @@
-"""Tests for ``ckd.user_code``: a user's stream and model named ``package.module:function``
+"""Tests for ``ckd.data.user_code``: a user's stream and model named ``package.module:function``
 go through ``ckd run``, ``ckd summary`` and ``ckd plot`` like the built-in ones."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import textwrap
 
 import pytest
 
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
 from ckd.cli import main
-from ckd.runner import RunConfig, run
-from ckd.streams import make_stream
-from ckd.user_code import call_with_accepted, is_reference, load_callable
+from ckd.data.streams import make_stream
+from ckd.data.user_code import call_with_accepted, is_reference, load_callable
 
 USER_MODULE = textwrap.dedent("""
     import torch

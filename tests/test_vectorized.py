@@ -5,11 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ckd.losses import soft_kl
-from ckd.methods import METHOD_DEFAULTS
-from ckd.models import mlp, small_cnn
-from ckd.runner import RunConfig, run
-from ckd.vectorized import StackedModel, _summed_loss, check_vectorizable, run_vectorized, run_vectorized_to_files
+from ckd.benchmarking.methods import METHOD_DEFAULTS
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
+from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized, run_vectorized_to_files
+from ckd.data.models import mlp, small_cnn
+from ckd.distillation.losses import soft_kl
+from ckd.engines.stacked_kd import summed_loss
+from ckd.engines.stacked_model import StackedModel
 
 SEEDS = (0, 1, 2)
 
@@ -182,7 +185,7 @@ def test_summed_loss_gradient_is_that_of_the_seeds_sequential_losses(alpha, beta
     width = classes - 2 if masked else classes  # a head that grew since the teacher
     target = torch.randn(seeds, replayed, width) * 2
     mask = torch.rand(seeds, replayed, width) > 0.3 if masked else None
-    loss, kd = _summed_loss(out, y, replay_y, target, mask, alpha, beta, temperature)
+    loss, kd = summed_loss(out, y, replay_y, target, mask, alpha, beta, temperature)
     (grad,) = torch.autograd.grad(loss, out)
 
     kd_terms = [soft_kl(out[s, n:], target[s], temperature, None if mask is None else mask[s]) for s in range(seeds)]
@@ -197,3 +200,25 @@ def test_summed_loss_gradient_is_that_of_the_seeds_sequential_losses(alpha, beta
     assert kd.item() == pytest.approx(sum(kd_terms).item(), rel=1e-5)
     if masked:
         assert bool(torch.all(grad[:, n:, width:] == 0)) == (beta == 0)  # only the replay cross-entropy reaches them
+
+
+def test_a_vectorized_pass_that_fails_is_recorded_as_every_other_schedulers_failures(tmp_path, monkeypatch):
+    """The vectorized scheduler's failed pass: one failed outcome per seed, in failures.json, RunsFailed at the end."""
+    import ckd.benchmarking.vectorized_runs as vectorized_runs
+    from ckd.benchmarking.orchestration import Plan, run_plan
+    from ckd.benchmarking.scheduling import FAILURES_FILE
+    from ckd.common.errors import RunsFailed
+
+    def broken(configs, data_root=None, progress=False):
+        raise RuntimeError("the stacked pass broke")
+
+    monkeypatch.setattr(vectorized_runs, "run_vectorized", broken)
+    configs = [RunConfig("split-digits", "naive", seed=s, epochs=1) for s in (0, 1)]
+    seen = []
+    with pytest.raises(RunsFailed):
+        run_plan(Plan(configs, tmp_path, vectorize=True), seen.append)
+    assert [(o.config.seed, o.ok, o.error) for o in seen] == [(0, False, "RuntimeError: the stacked pass broke"),
+                                                               (1, False, "RuntimeError: the stacked pass broke")]
+    failures = json.loads((tmp_path / FAILURES_FILE).read_text())
+    assert sorted(failures) == ["split-digits__naive__seed0.json", "split-digits__naive__seed1.json"]
+    assert "the stacked pass broke" in failures["split-digits__naive__seed0.json"]["traceback"]

@@ -4,11 +4,12 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-from ckd.runner import RunConfig, run
-from ckd.streams import make_stream
-from ckd.training import dataset_tensors
-from ckd.vectorized import check_vectorizable, run_vectorized
-from ckd.vectorized_replay import StackedExperienceReplay
+from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.runner import run
+from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized
+from ckd.data.streams import make_stream
+from ckd.engines.tensor_data import dataset_tensors
+from ckd.engines.vectorized_replay import StackedExperienceReplay
 from recording import run_with_plugin
 
 SEEDS = (0, 1, 2)
@@ -31,7 +32,7 @@ class _Minibatches(SupervisedPlugin):
 
 
 def _sequential_minibatches(config, monkeypatch) -> list[list[torch.Tensor]]:
-    """The minibatches of ``ckd.runner.run(config)``, recorded by a plugin added to its strategy."""
+    """The minibatches of ``ckd.benchmarking.runner.run(config)``, recorded by a plugin added to its strategy."""
     recorder = _Minibatches()
     run_with_plugin(config, recorder, monkeypatch)
     return recorder.seen

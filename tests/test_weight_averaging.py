@@ -10,8 +10,8 @@ from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 
-from ckd.streams import make_stream
-from ckd.weight_averaging import EMAEvaluationPlugin, evaluation_model
+from ckd.data.streams import make_stream
+from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin, evaluation_model
 
 
 def _model_and_benchmark(kind: str):

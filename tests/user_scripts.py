@@ -14,8 +14,8 @@ from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ckd.models import mlp
-from ckd.streams import make_stream
+from ckd.data.models import mlp
+from ckd.data.streams import make_stream
 
 N_FEATURES, N_CLASSES = 6, 6
 

@@ -15,7 +15,7 @@ import re
 import statistics
 from collections import defaultdict
 
-from ckd.summary import load_results
+from ckd.reports.summary import load_results
 
 METHODS = ("er-ace", "der++", "der", "kd-replay", "kd-multi-teacher", "er")  # a name before its prefixes: "er-ace" before "er"
 
@@ -48,7 +48,7 @@ def suite(results_dir: str, baseline_seeds: list[int], kd_seeds: list[int]) -> s
     import json
     from pathlib import Path
 
-    from ckd.runner import config_from_result
+    from ckd.benchmarking.run_config import config_from_result
 
     configs = {}
     for path in Path(results_dir).glob("*__seed0.json"):
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(markdown(args.results))
     if args.suite:
-        from ckd.files import write_text_atomic
+        from ckd.common.files import write_text_atomic
 
         write_text_atomic(args.suite, suite(args.results, args.baseline_seeds, args.kd_seeds))
     return 0

@@ -1,0 +1,235 @@
+"""Checkpoints: what a strategy holds between experiences, written to one file and loaded
+into a freshly built strategy; and Avalanche's own ``save_checkpoint`` for strategies
+with ckd's plugins.
+
+Every ckd plugin has ``state_dict()`` and ``load_state_dict(state)``: what it keeps
+between experiences (buffer tensors and their generator, teachers, averaged weights,
+classes seen); a plugin with nothing to keep returns ``{}``. :func:`training_state` gathers
+them with the model's and the optimizer's state (SGD's momentum) and, for Avalanche's
+replay (``ckd.distillation.replay.ExperienceReplayPlugin``, ``DER``), its storage policy, whose
+datasets are written as references to the stream's data (:func:`write_checkpoint`), not
+copies. A strategy with a plugin that has no ``state_dict`` (Avalanche's ``LwFPlugin``,
+``EWCPlugin``) cannot be checkpointed (:func:`checkpoint_refusal`).
+
+Avalanche's ``save_checkpoint`` pickles the whole strategy with dill; the rule in
+:mod:`ckd.distillation.pickling` (imported by every ckd plugin, and here) lets dill pickle
+torch's optimizers, whose classes it otherwise copies by value and fails on.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import pickle
+import random
+import types
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from avalanche.benchmarks.utils.flat_data import FlatData
+from avalanche.models.utils import avalanche_model_adaptation
+from avalanche.training import DER
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.plugins.clock import Clock
+from avalanche.training.templates.base_sgd import PeriodicEval
+
+import ckd.distillation.pickling  # noqa: F401  (registers the rule that pickles torch's optimizers)
+from ckd.common.files import write_file_atomic
+
+__all__ = [
+    "RunCheckpoint",
+    "checkpoint_refusal",
+    "global_rng_state",
+    "load_training_state",
+    "read_checkpoint",
+    "set_global_rng_state",
+    "training_state",
+    "write_checkpoint",
+]
+
+
+# ----------------------------------------------------------------- training state
+def _stateless_plugins() -> tuple[type, ...]:
+    """Avalanche's plugins that every strategy carries and that keep nothing a run needs
+    between experiences (the clock is saved on its own)."""
+    return EvaluationPlugin, PeriodicEval
+
+
+def checkpoint_refusal(strategy) -> str | None:
+    """Why ``strategy`` cannot be checkpointed (a plugin without ``state_dict``), or ``None``."""
+    for plugin in strategy.plugins:
+        if not isinstance(plugin, (Clock, *_stateless_plugins())) and not callable(getattr(plugin, "state_dict", None)):
+            return f"{type(plugin).__name__} has no state_dict()"
+    return None
+
+
+def training_state(strategy) -> dict[str, Any]:
+    """What ``strategy`` carries from one experience to the next: the model's and optimizer's
+    state, each plugin's ``state_dict()`` (in the order of ``strategy.plugins``), the training
+    clock and, for Avalanche's ``DER``, its storage policy. Call it between experiences."""
+    reason = checkpoint_refusal(strategy)
+    if reason is not None:
+        raise ValueError(f"this strategy cannot be checkpointed: {reason}")
+    plugins = []
+    for plugin in strategy.plugins:
+        if isinstance(plugin, Clock):
+            state = {k: v for k, v in vars(plugin).items() if isinstance(v, int) and not isinstance(v, bool)}
+        elif isinstance(plugin, _stateless_plugins()):
+            state = None
+        else:
+            state = plugin.state_dict()
+        plugins.append((type(plugin).__qualname__, state))
+    return {
+        "model": strategy.model.state_dict(),
+        "optimizer": strategy.optimizer.state_dict(),
+        "plugins": plugins,
+        "storage_policy": _strategy_storage(strategy),
+    }
+
+
+def load_training_state(strategy, state: dict[str, Any], finished: Sequence) -> None:
+    """Put ``training_state`` into a strategy built as the saved one was, after the
+    experiences ``finished``: the model is adapted to them first (a growing head grows), and
+    the optimizer keeps the loaded momentum at the next experience."""
+    names = [type(p).__qualname__ for p in strategy.plugins]
+    saved = [name for name, _ in state["plugins"]]
+    if names != saved:
+        raise ValueError(f"the checkpoint's plugins {saved} are not this strategy's {names}")
+    strategy.model.to(strategy.device)  # before the optimizer's state is loaded onto its parameters
+    strategy.make_optimizer(reset_optimizer_state=True)  # what the first experience does
+    for experience in finished:
+        avalanche_model_adaptation(strategy.model, experience)
+        strategy.make_optimizer()
+    strategy.model.load_state_dict(state["model"])
+    strategy.optimizer.load_state_dict(state["optimizer"])
+    for plugin, (_, plugin_state) in zip(strategy.plugins, state["plugins"]):
+        if isinstance(plugin, Clock):
+            for key, value in plugin_state.items():
+                setattr(plugin, key, value)
+        elif plugin_state is not None:
+            plugin.load_state_dict(plugin_state)
+    if state["storage_policy"] is not None:
+        strategy.storage_policy = state["storage_policy"]
+
+
+def _strategy_storage(strategy):
+    return strategy.storage_policy if isinstance(strategy, DER) else None
+
+
+def global_rng_state() -> dict[str, Any]:
+    """The states of torch's (CPU and, once initialised, CUDA), NumPy's and Python's global generators."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+# ------------------------------------------------------------------------- files
+# The stream's data while a checkpoint is read: what its references resolve to.
+_STREAM_DATA: contextvars.ContextVar[list | None] = contextvars.ContextVar("ckd_stream_data", default=None)
+
+
+def _stream_objects(train_stream) -> list:
+    """Every object that makes up the training datasets of ``train_stream`` (datasets, their
+    flat data and data attributes, down to the sources), in a fixed order: a stream built
+    again from the same settings lists its own in the same order."""
+    found: dict[int, Any] = {}
+
+    def visit(node) -> None:
+        if id(node) in found or isinstance(node, (list, tuple, dict, str, int, float)):
+            return
+        found[id(node)] = node
+        for child in getattr(node, "_datasets", ()) if isinstance(node, FlatData) else ():
+            visit(child)
+        for attribute in getattr(node, "_data_attributes", {}).values():
+            visit(attribute)
+            visit(attribute.data)
+        flat = getattr(node, "_flat_data", None)
+        if flat is not None and flat is not node:
+            visit(flat)
+
+    for experience in train_stream:
+        visit(experience.dataset)
+    return list(found.values())
+
+
+def _stream_object(key: int):
+    data = _STREAM_DATA.get()
+    if data is None:
+        raise RuntimeError("this checkpoint refers to a stream's data: read it with ckd.benchmarking.checkpoint.read_checkpoint")
+    return data[key]
+
+
+def _pickle_module(objects: list) -> types.ModuleType:
+    """A pickle module for ``torch.save`` that writes ``objects`` as references."""
+    ids = {id(obj): key for key, obj in enumerate(objects)}
+
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            key = ids.get(id(obj))
+            return NotImplemented if key is None else (_stream_object, (key,))
+
+    module = types.ModuleType("ckd_checkpoint_pickle")
+    module.Pickler, module.Unpickler, module.load, module.dump = Pickler, pickle.Unpickler, pickle.load, pickle.dump
+    return module
+
+
+def write_checkpoint(path: str | os.PathLike, state: Any, train_stream) -> Path:
+    """``torch.save`` of ``state`` to ``path``, atomically (:func:`ckd.common.files.write_file_atomic`);
+    the datasets of ``train_stream`` that ``state`` holds (an Avalanche replay memory's) are
+    written as references to them."""
+    objects = _stream_objects(train_stream)
+    return write_file_atomic(path, lambda f: torch.save(state, f, pickle_module=_pickle_module(objects)))
+
+
+def read_checkpoint(path: str | os.PathLike, train_stream) -> Any:
+    """What :func:`write_checkpoint` wrote, its references resolved in ``train_stream``
+    (a stream built as the saved one was). A checkpoint is code, as any pickle: read only your own."""
+    token = _STREAM_DATA.set(_stream_objects(train_stream))
+    try:
+        return torch.load(path, weights_only=False)
+    finally:
+        _STREAM_DATA.reset(token)
+
+
+class RunCheckpoint:
+    """The checkpoint file of one run: written between experiences, read when the same run
+    starts again. ``key`` (the run's settings and library versions) must match: a checkpoint
+    written with another key, or one that cannot be read, is ignored (and replaced by the
+    next write)."""
+
+    def __init__(self, path: str | os.PathLike, key: dict[str, Any], train_stream) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.train_stream = train_stream
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or ``None`` (no checkpoint, another run's, or unreadable)."""
+        if not self.path.is_file():
+            return None
+        try:
+            saved = read_checkpoint(self.path, self.train_stream)
+        except Exception as error:  # noqa: BLE001 (any unreadable file is started over)
+            warnings.warn(f"{self.path} cannot be read ({type(error).__name__}: {error}); the run starts over",
+                          stacklevel=2)
+            return None
+        if not isinstance(saved, dict) or saved.get("key") != self.key:
+            return None
+        return saved["state"]
+
+    def save(self, state: dict[str, Any]) -> None:
+        write_checkpoint(self.path, {"key": self.key, "state": state}, self.train_stream)

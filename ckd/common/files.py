@@ -1,0 +1,53 @@
+"""File helpers: atomic writes (a reader sees the old file or the whole new one, never a
+partial one) and MD5 sums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+__all__ = ["md5sum", "write_file_atomic", "write_json_atomic", "write_text_atomic"]
+
+
+def write_file_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a temporary binary file beside ``path``, flush it to disk, then
+    rename it over ``path`` (creating the folder). On any error the temporary file is
+    removed and the old file is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """:func:`write_file_atomic` of ``text`` as UTF-8, with no newline translation."""
+    return write_file_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """:func:`write_text_atomic` of ``obj`` as indented JSON; NaN and infinity are refused
+    (``ValueError``) before anything is written, since they are not JSON."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+
+
+def md5sum(path: str | os.PathLike) -> str:
+    """The MD5 of a file's bytes, as 32 hex digits."""
+    digest = hashlib.md5()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Reading results: metrics, summaries, sweep tables and figures. Imports no training code."""
