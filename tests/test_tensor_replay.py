@@ -158,6 +158,7 @@ def test_the_tensor_path_trains_on_the_minibatches_of_avalanche_loaders(method, 
 @pytest.mark.parametrize("method,args", [
     ("replay", {"policy": "reservoir"}),
     ("replay", {"policy": "experience_balanced"}),
+    ("replay", {"policy": "class_balanced"}),
     ("der", {}),
     ("der", {"beta": 0.5}),  # DER++
 ])

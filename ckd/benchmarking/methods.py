@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from avalanche.training import DER, JointTraining, Naive
 from avalanche.training.plugins import EWCPlugin, LwFPlugin
-from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
+from avalanche.training.storage_policy import ClassBalancedBuffer, ExperienceBalancedBuffer, ReservoirSamplingBuffer
 from torch import nn
 
 from ckd.benchmarking.loggers import make_evaluator
@@ -150,11 +150,11 @@ def _plugins_for(method: str, args: dict[str, Any]) -> list:
     if method == "replay":
         if args["policy"] not in REPLAY_POLICIES:
             raise ValueError(f"replay policy must be one of {REPLAY_POLICIES}, got {args['policy']!r}")
-        storage = (
-            ReservoirSamplingBuffer(args["mem_size"])
-            if args["policy"] == "reservoir"
-            else ExperienceBalancedBuffer(args["mem_size"], adaptive_size=True)
-        )
+        storage = {
+            "reservoir": lambda: ReservoirSamplingBuffer(args["mem_size"]),
+            "experience_balanced": lambda: ExperienceBalancedBuffer(args["mem_size"], adaptive_size=True),
+            "class_balanced": lambda: ClassBalancedBuffer(args["mem_size"], adaptive_size=True),
+        }[args["policy"]]()
         return [ExperienceReplayPlugin(args["mem_size"], batch_size_mem=args["replay_batch_size"], storage_policy=storage)]
     if method == "lwf":
         return [LwFPlugin(alpha=args["alpha"], temperature=args["temperature"])]

@@ -35,8 +35,9 @@ from ckd.distillation.losses import asymmetric_logits, logit_mse, replay_cross_e
 __all__ = ["REPLAY_POLICIES", "DarkExperienceReplayPlugin", "ERACEPlugin", "ExperienceReplayPlugin", "OnlineReplayPlugin",
            "Replayed"]
 
-# The memory policies of the ``replay`` method (Avalanche's ReplayPlugin): its storage policy by name.
-REPLAY_POLICIES = ("reservoir", "experience_balanced")
+# The memory policies of the ``replay`` method (Avalanche's ReplayPlugin): its storage policy by name
+# (ReservoirSamplingBuffer, ExperienceBalancedBuffer, ClassBalancedBuffer).
+REPLAY_POLICIES = ("reservoir", "experience_balanced", "class_balanced")
 
 
 class ExperienceReplayPlugin(ReplayPlugin):

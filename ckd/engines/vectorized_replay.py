@@ -33,10 +33,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ckd.distillation.replay import REPLAY_POLICIES
 from ckd.engines.tensor_replay import replay_rows
 
-__all__ = ["REPLAY_POLICIES", "StackedExperienceReplay", "check_replay_args"]
+__all__ = ["STACKED_REPLAY_POLICIES", "StackedExperienceReplay", "check_replay_args"]
+
+# The replay policies the stacked run reproduces draw for draw.
+STACKED_REPLAY_POLICIES = ("reservoir", "experience_balanced")
 
 
 Rows = tuple[Tensor, Tensor, Tensor]  # x (N, ...), y (N,), task (N,)
@@ -44,9 +46,9 @@ Rows = tuple[Tensor, Tensor, Tensor]  # x (N, ...), y (N,), task (N,)
 
 def check_replay_args(args: dict[str, Any]) -> None:
     """Raise a one-line ``ValueError`` for ``replay`` settings the stacked run does not reproduce."""
-    if args["policy"] not in REPLAY_POLICIES:
+    if args["policy"] not in STACKED_REPLAY_POLICIES:
         raise ValueError(
-            f"vectorize covers the replay policies {REPLAY_POLICIES}, got policy={args['policy']!r}: "
+            f"vectorize covers the replay policies {STACKED_REPLAY_POLICIES}, got policy={args['policy']!r}: "
             "run without --vectorize"
         )
 
