@@ -121,6 +121,23 @@ def test_sample_shapes_dtypes_device_and_distinct_slots(device):
     assert buf.sample(1000).x.shape[0] == 40
 
 
+def test_sample_before_draws_only_earlier_experiences_with_the_same_keys_as_sample():
+    def filled():
+        buf = ReplayBuffer(20, "reservoir", device="cpu", seed=3)
+        for exp in range(3):  # 6 rows of each experience, labels 10·exp + row
+            buf.reservoir_add(torch.rand(6, 2), torch.arange(6) + 10 * exp, torch.zeros(6, dtype=torch.long), exp)
+        return buf
+
+    buf = filled()
+    assert buf.sample_before(4, 0) is None  # nothing before the first experience
+    s = buf.sample_before(4, 2)
+    assert s.index.unique().numel() == 4 and bool((s.experience < 2).all()) and bool((s.y < 20).all())
+    assert torch.equal(buf.sample_before(100, 1).y.sort().values, torch.arange(6))  # every eligible row, no more
+    # With every row eligible it is sample(): the same generator draws, the same slots.
+    a, b = filled(), filled()
+    assert torch.equal(a.sample_before(5, 3).index.sort().values, b.sample(5).index.sort().values)
+
+
 def test_sampling_is_seeded():
     def draw(seed):
         buf = ReplayBuffer(50, "reservoir", seed=seed)

@@ -59,6 +59,29 @@ def test_er_loss_is_the_stream_rows_ce_plus_the_replayed_rows_ce(joint_forward):
     assert len(plugin.buffer) == 2
 
 
+def test_er_with_earlier_experiences_only_replays_nothing_in_the_first_experience_then_only_earlier_rows():
+    plugin = OnlineReplayPlugin(mem_size=4, replay_batch_size=2, earlier_experiences_only=True)
+    strategy = _strategy()
+    plugin.before_training_exp(strategy)
+    old_x, old_y = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.0, 1.5, 0.5, 1.0]]), torch.tensor([0, 1])
+    _step(plugin, strategy, old_x, old_y)
+    x, y = torch.tensor([[1.0, 0.0, 0.5, 0.0], [0.0, 2.0, 0.0, 1.0]]), torch.tensor([1, 0])
+    within = _step(plugin, strategy, x, y)  # the buffer holds experience 0 only: nothing to replay yet
+    assert float(within) == pytest.approx(sum(_ce(z, c, range(4)) for z, c in zip(x.tolist(), y.tolist())) / 2)
+    strategy.experience.current_experience = 1
+    new_x, new_y = torch.tensor([[3.0, 2.0, 1.0, 0.5], [1.0, 4.0, 0.0, -2.0]]), torch.tensor([2, 3])
+    _step(plugin, strategy, new_x, new_y)
+    _step(plugin, strategy, new_x, new_y)  # the buffer now holds rows of experience 1 too
+    replayed = plugin.buffer.sample_before(10, 1)
+    assert bool((replayed.experience == 0).all()) and replayed.y.numel() == int((plugin.buffer.experience == 0).sum())
+    assert bool((plugin.buffer.experience == 1).any())
+    drawn = []
+    plugin._draw = lambda strategy, draws: drawn.append(draws)
+    strategy.mbatch = [new_x, new_y, torch.zeros_like(new_y)]
+    plugin.before_forward(strategy)
+    assert bool((drawn[0]["ce"].experience == 0).all())
+
+
 # --------------------------------------------------------------------- ER-ACE
 
 
@@ -200,7 +223,9 @@ def test_der_authors_stores_each_steps_logits_and_distils_from_the_first_experie
 
 
 @pytest.mark.parametrize("method, plugin, overrides, settings", [
-    ("er", OnlineReplayPlugin, {}, {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False}),
+    ("er", OnlineReplayPlugin, {}, {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False,
+                                    "earlier_experiences_only": False}),
+    ("er", OnlineReplayPlugin, {"earlier_experiences_only": True}, {"earlier_experiences_only": True}),
     ("er-ace", ERACEPlugin, {}, {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False}),
     ("er-ace", ERACEPlugin, {"joint_forward": True}, {"mem_size": 500, "replay_batch_size": 10, "joint_forward": True}),
     ("der-authors", DarkExperienceReplayPlugin, {"alpha": 0.3},

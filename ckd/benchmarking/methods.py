@@ -97,7 +97,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "der": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.0},
     "der-authors": {"mem_size": 500, "replay_batch_size": 10, "alpha": 1.0, "beta": 0.5, "joint_forward": False},
     "er-ace": {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False},
-    "er": {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False},
+    "er": {"mem_size": 500, "replay_batch_size": 10, "joint_forward": False, "earlier_experiences_only": False},
     "kd-replay": dict(_KD),
     "kd-ema": {**_KD, "teacher": "ema"},
     "kd-feature": {**_KD, "feature_weight": 1.0, "feature_metric": "l2"},
@@ -114,8 +114,8 @@ _CKD_BUFFER_METHODS = ("er", "er-ace", "der-authors")
 
 # What an er, er-ace or der-authors result written before the replayed rows had forward
 # passes of their own meant by a missing key (one pass for all rows): ``config_from_result``
-# fills it in.
-LEGACY_REPLAY_ARGS: dict[str, Any] = {"joint_forward": True}
+# fills it in, and an er result written before ``earlier_experiences_only`` replayed every experience.
+LEGACY_REPLAY_ARGS: dict[str, Any] = {"joint_forward": True, "earlier_experiences_only": False}
 
 
 def available_methods() -> list[str]:
@@ -141,8 +141,10 @@ def resolve_method_args(method: str, overrides: dict[str, Any] | None = None) ->
 def _plugins_for(method: str, args: dict[str, Any]) -> list:
     args = dict(args)
     if method in ("er", "er-ace"):
-        plugin = OnlineReplayPlugin if method == "er" else ERACEPlugin
-        return [plugin(**{k: args[k] for k in ("mem_size", "replay_batch_size", "seed", "joint_forward")})]
+        keys = ("mem_size", "replay_batch_size", "seed", "joint_forward")
+        if method == "er":
+            return [OnlineReplayPlugin(**{k: args[k] for k in (*keys, "earlier_experiences_only")})]
+        return [ERACEPlugin(**{k: args[k] for k in keys})]
     if method == "der-authors":
         return [DarkExperienceReplayPlugin(
             **{k: args[k] for k in ("mem_size", "replay_batch_size", "alpha", "beta", "seed", "joint_forward")}

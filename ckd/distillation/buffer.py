@@ -270,6 +270,21 @@ class ReplayBuffer:
         index = keys.topk(k, sorted=False).indices if k < self.size else torch.arange(k, device=self.device)
         return self.gather(index)
 
+    def sample_before(self, batch_size: int, experience: int) -> ReplaySample | None:
+        """Draw ``min(batch_size, n)`` distinct slots uniformly among the ``n`` that hold
+        samples of experiences before ``experience`` (``None`` when there are none). The same
+        random keys as :meth:`sample`; counting the eligible slots costs one host sync."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self.size == 0:
+            return None
+        keys = torch.rand(self.size, generator=self.generator, device=self.device)
+        eligible = self.experience < experience
+        k = min(batch_size, int(eligible.sum()))
+        if k == 0:
+            return None
+        return self.gather(keys.masked_fill(~eligible, -1.0).topk(k, sorted=False).indices)
+
     def gather(self, index: Tensor) -> ReplaySample:
         """The rows of slots ``index (R,)`` (``index_select``: a plain gather, several
         times cheaper than advanced indexing for a minibatch)."""

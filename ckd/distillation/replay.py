@@ -169,17 +169,31 @@ class OnlineReplayPlugin(_ReservoirReplay):
     rows in a pass of their own; the loss is ``CE(stream) + CE(replayed)``, a sum of two
     means, as ER in the ER-ACE authors' code.
 
-    Avalanche's ``ReplayPlugin`` (method ``replay``) instead fills its buffer when an
-    experience ends and replays only earlier experiences.
+    ``earlier_experiences_only``: draw only samples of experiences before the one being
+    learned, so replay starts with the second experience — the task-aware ER of the
+    ER-ACE authors' code (its default, ``task_free = 0``), whose numbers their paper
+    reports for ER. Avalanche's ``ReplayPlugin`` (method ``replay``) also replays only
+    earlier experiences, but fills its buffer when an experience ends and forwards the
+    replayed rows with the stream's.
     """
 
     def __init__(
-        self, *, mem_size: int = 500, replay_batch_size: int = 10, seed: int = 0, joint_forward: bool = False
+        self, *, mem_size: int = 500, replay_batch_size: int = 10, seed: int = 0, joint_forward: bool = False,
+        earlier_experiences_only: bool = False,
     ) -> None:
         super().__init__(mem_size, replay_batch_size, seed, joint_forward)
+        if not isinstance(earlier_experiences_only, bool):
+            raise ValueError(f"earlier_experiences_only must be true or false, got {earlier_experiences_only!r}")
+        self.earlier_experiences_only = earlier_experiences_only
 
     def before_forward(self, strategy, **kwargs) -> None:
-        self._draw(strategy, {} if self.buffer.is_empty else {"ce": self.buffer.sample(self.replay_batch_size)})
+        if self.buffer.is_empty:
+            draw = None
+        elif self.earlier_experiences_only:
+            draw = self.buffer.sample_before(self.replay_batch_size, strategy.experience.current_experience)
+        else:
+            draw = self.buffer.sample(self.replay_batch_size)
+        self._draw(strategy, {} if draw is None else {"ce": draw})
 
     def before_backward(self, strategy, **kwargs) -> None:
         replayed = self.replay.get("ce")
