@@ -179,11 +179,17 @@ def plugin_set(name: str) -> list:
                 CurrentDistillationPlugin(alpha=0.5, kd=kd), EMAEvaluationPlugin(update_probability=0.5)]
     if name == "lwf":
         return [CurrentDistillationPlugin()]
+    if name == "wrappers":  # plugins that wrap the strategy's forward, as --amp and the image streams add them
+        from ckd.data.augmentation import CropFlip
+        from ckd.engines.amp import MixedPrecisionPlugin
+        from ckd.engines.augmentation import AugmentationPlugin
+
+        return [MixedPrecisionPlugin("bf16", "cpu"), AugmentationPlugin(CropFlip(padding=1)), KDReplayPlugin(mem_size=80)]
     return {"er-ace": [ERACEPlugin(mem_size=80)], "der": [DarkExperienceReplayPlugin(mem_size=80)],
             "online-er": [OnlineReplayPlugin(mem_size=80)]}[name]
 
 
-PLUGIN_SETS = ("snapshot", "cached", "own", "ema", "ensemble", "parts", "lwf", "er-ace", "der", "online-er")
+PLUGIN_SETS = ("snapshot", "cached", "own", "ema", "ensemble", "parts", "lwf", "er-ace", "der", "online-er", "wrappers")
 
 
 def _user_script(folder: Path, names, stop_after=None) -> dict:

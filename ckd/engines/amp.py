@@ -51,7 +51,7 @@ class MixedPrecisionPlugin(StrategyWrappingPlugin):
                 output = forward()
             return output.float()
 
-        strategy.forward = autocast_forward
+        self.replace(strategy, "forward", autocast_forward)
         if self.scaler is not None:
             scaler = self.scaler
 
@@ -62,7 +62,8 @@ class MixedPrecisionPlugin(StrategyWrappingPlugin):
                 scaler.step(strategy.optimizer)
                 scaler.update()
 
-            strategy.backward, strategy.optimizer_step = scaled_backward, scaled_step
+            self.replace(strategy, "backward", scaled_backward)
+            self.replace(strategy, "optimizer_step", scaled_step)
 
     def state_dict(self) -> dict:
         """The fp16 loss scale (``None`` in bf16)."""

@@ -32,7 +32,7 @@ class AugmentationPlugin(StrategyWrappingPlugin):
                 strategy.mbatch[0] = self.augmentation(strategy.mbatch[0])
             return forward()
 
-        strategy.forward = augmented_forward
+        self.replace(strategy, "forward", augmented_forward)
 
     def state_dict(self) -> dict:  # draws from the global generators, which a checkpoint saves
         return {}
