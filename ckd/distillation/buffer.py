@@ -2,20 +2,18 @@
 
 Two policies:
 
-* ``reservoir`` — updated with every stream minibatch; after ``n`` samples each
-  one is in memory with probability ``mem_size / n`` (Vitter's algorithm R, as
-  in DER). Right for every scenario, domain-incremental included.
-* ``class_balanced`` — refilled at the end of each experience so that every
-  *(experience, class)* group seen so far holds an equal share. In a
-  class-incremental stream a class lives in one experience, so this is the
-  usual "equal share per class"; in a domain-incremental stream, where every
-  experience holds every class, balancing per class alone would let the newest
-  experience crowd out the old ones, so each experience keeps its own share.
+* ``reservoir`` — updated with every stream minibatch; after ``n`` samples each one is in
+  memory with probability ``mem_size / n`` (Vitter's algorithm R, as in DER). Right for
+  every scenario, domain-incremental included.
+* ``class_balanced`` — refilled at the end of each experience so that every *(experience,
+  class)* group seen so far holds an equal share. In a class-incremental stream a class lives
+  in one experience, so this is the usual "equal share per class"; in a domain-incremental
+  stream, where every experience holds every class, balancing per class alone would let the
+  newest experience crowd out the old ones, so each experience keeps its own share.
 
-Storage is allocated on the first insertion (its shapes come from the data) and
-never reallocated. Insertion and sampling use tensor indexing and a seeded
-``torch.Generator`` on the buffer's device: no Python loop over samples and no
-host-device copy in the training step.
+Storage is allocated on the first insertion (its shapes come from the data) and never
+reallocated. Insertion and sampling use tensor indexing and a seeded ``torch.Generator`` on
+the buffer's device: no Python loop over samples and no host-device copy in the training step.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from torch import Tensor
 __all__ = ["POLICIES", "RefillPlan", "ReplayBuffer", "ReplaySample", "StackedBuffers"]
 
 POLICIES = ("reservoir", "class_balanced")
-
 
 _STORAGE = ("_x", "_y", "_task", "_experience", "_logits", "_logits_mask")
 _FIELDS = tuple(name.removeprefix("_") for name in _STORAGE)
@@ -259,31 +256,23 @@ class ReplayBuffer:
 
     # ----------------------------------------------------------------- sampling
     def sample(self, batch_size: int) -> ReplaySample:
-        """Draw ``min(batch_size, len(self))`` distinct slots uniformly at random."""
+        """Draw ``min(batch_size, len(self))`` distinct slots uniformly at random (the top ``k`` of uniform keys: no host sync)."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        k = min(batch_size, self.size)
-        # argsort of uniform keys = a uniform random subset, without a host sync.
-        keys = torch.rand(self.size, generator=self.generator, device=self.device)
-        index = keys.topk(k, sorted=False).indices if k < self.size else torch.arange(k, device=self.device)
-        return self.gather(index)
+        keys, k = self._keys(batch_size), min(batch_size, self.size)
+        return self.gather(keys.topk(k, sorted=False).indices if k < self.size else torch.arange(k, device=self.device))
 
     def sample_before(self, batch_size: int, experience: int) -> ReplaySample | None:
-        """Draw ``min(batch_size, n)`` distinct slots uniformly among the ``n`` that hold
-        samples of experiences before ``experience`` (``None`` when there are none). The same
-        random keys as :meth:`sample`; counting the eligible slots costs one host sync."""
+        """:meth:`sample` among the slots of experiences before ``experience`` (``None``: none), one host sync."""
+        keys = self._keys(batch_size) if self.size else None
+        eligible = self.experience < experience if self.size else None
+        k = 0 if keys is None else min(batch_size, int(eligible.sum()))
+        return self.gather(keys.masked_fill(~eligible, -1.0).topk(k, sorted=False).indices) if k else None
+
+    def _keys(self, batch_size: int) -> Tensor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if self.size == 0:
-            return None
-        keys = torch.rand(self.size, generator=self.generator, device=self.device)
-        eligible = self.experience < experience
-        k = min(batch_size, int(eligible.sum()))
-        if k == 0:
-            return None
-        return self.gather(keys.masked_fill(~eligible, -1.0).topk(k, sorted=False).indices)
+        return torch.rand(self.size, generator=self.generator, device=self.device)
 
     def gather(self, index: Tensor) -> ReplaySample:
         """The rows of slots ``index (R,)`` (``index_select``: a plain gather, several
