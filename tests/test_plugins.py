@@ -489,6 +489,12 @@ def test_asymmetric_cross_entropy_masks_old_classes_for_the_current_loss(digits)
         assert torch.all(replayed > -1e30)  # replayed rows keep the whole head
 
 
+def test_asymmetric_cross_entropy_before_the_kd_plugin_is_refused(digits):
+    kd = KDReplayPlugin(mem_size=60, replay_batch_size=8)
+    with pytest.raises(ValueError, match="place AsymmetricCrossEntropyPlugin after the KDReplayPlugin"):
+        _train(_strategy(_mlp(), [AsymmetricCrossEntropyPlugin(), kd], epochs=1), digits, experiences={0})
+
+
 class _LwFProbe(SupervisedPlugin):
     """Checks, at each step, the loss the LwF plugin added on the current samples."""
 

@@ -119,6 +119,13 @@ class AsymmetricCrossEntropyPlugin(SupervisedPlugin):
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def before_training(self, strategy, **kwargs) -> None:
+        plugins = list(strategy.plugins)
+        kd = [i for i, p in enumerate(plugins) if isinstance(p, KDReplayPlugin)]
+        if kd and plugins.index(self) < kd[0]:
+            raise ValueError("place AsymmetricCrossEntropyPlugin after the KDReplayPlugin in plugins=[...]: before it, "
+                             "it would mask the replayed rows' logits too")
+
     def before_training_exp(self, strategy, **kwargs) -> None:
         self._active = strategy.experience.current_experience > 0
         self._classes = torch.as_tensor(list(strategy.experience.classes_in_this_experience), dtype=torch.long)
