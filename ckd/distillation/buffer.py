@@ -20,7 +20,7 @@ host-device copy in the training step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -256,6 +256,21 @@ class ReplayBuffer:
         self._write(torch.arange(n_old, n_old + n_new, device=self.device), x, y, task, experience)
         self.seen += n_new
 
+    def class_balanced_refill(
+        self, y: Tensor, experience: int, load: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+    ) -> None:
+        """The whole refill with a new experience whose labels are ``y (N,)``: plan it
+        (:meth:`class_balanced_select`), load the samples kept, ``load(index) -> (x, y, task)``
+        of the experience's rows ``index (K,)``, and store them (:meth:`class_balanced_fill`)."""
+        plan = self.class_balanced_select(y, experience)
+        if plan.index.numel():
+            x, y, task = load(plan.index)
+        elif self.is_empty:
+            return
+        else:  # nothing new to keep; old groups still shrink to their quota
+            x, y, task = self.x[:0], self.y[:0], self.task[:0]
+        self.class_balanced_fill(plan, x, y, task, experience)
+
     def _groups(self) -> Tensor:
         return torch.unique(torch.stack([self.experience, self.y], dim=1), dim=0)
 
@@ -294,6 +309,21 @@ class ReplayBuffer:
         self._logits[index, width:] = 0.0
         self._logits_mask[index] = False
         self._logits_mask[index, :width] = mask.to(self.device, torch.bool).expand(index.shape[0], width)
+
+    def cache_logits(
+        self, logits_of: Callable[[ReplaySample], tuple[Tensor, Tensor | None]], only_new: bool = False,
+        batch_size: int = 1000,
+    ) -> None:
+        """Cache a teacher's logits for every slot (``only_new``: the slots without any yet), in
+        passes of ``batch_size`` slots: ``logits_of(rows) -> (logits (K, C), mask (K, C))``, the
+        mask ``None`` when every class is a target."""
+        slots = torch.arange(self.size, device=self.device)
+        if only_new and self.logits_mask is not None:
+            slots = (~self.logits_mask.any(dim=1)).nonzero().squeeze(1)  # once per experience
+        for start in range(0, slots.shape[0], batch_size):
+            index = slots[start : start + batch_size]
+            logits, mask = logits_of(self.gather(index))
+            self.set_logits(index, logits, torch.ones_like(logits, dtype=torch.bool) if mask is None else mask)
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

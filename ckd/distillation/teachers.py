@@ -184,14 +184,8 @@ class CachedTeacher(Teacher):
         if buffer is None or buffer.is_empty:
             return
         frozen = self._freeze(model, known_classes, self.known_classes_only)
-        slots = torch.arange(len(buffer), device=buffer.device)
-        if not self.refresh and buffer.logits_mask is not None:
-            slots = (~buffer.logits_mask.any(dim=1)).nonzero().squeeze(1)  # once per experience
-        for start in range(0, slots.shape[0], _PASS_BATCH):
-            index = slots[start : start + _PASS_BATCH]
-            rows = buffer.gather(index)
-            logits, mask = frozen.logits(rows.x, rows.task)
-            buffer.set_logits(index, logits, torch.ones_like(logits, dtype=torch.bool) if mask is None else mask)
+        buffer.cache_logits(lambda rows: frozen.logits(rows.x, rows.task), only_new=not self.refresh,
+                            batch_size=_PASS_BATCH)
         self._has_logits = buffer.logits is not None
         # One sync per experience; a reservoir write invalidates a slot and resets it.
         self._cover_all = bool(buffer.logits_mask.all())
