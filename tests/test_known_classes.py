@@ -67,7 +67,8 @@ def test_class_balanced_refill_is_select_then_fill_with_the_rows_loaded():
 
 def test_cache_logits_writes_every_slot_or_only_the_new_ones():
     buf = ReplayBuffer(6, "reservoir", seed=0)
-    buf.reservoir_add(torch.arange(4.0).unsqueeze(1), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    zeros = torch.zeros(4, dtype=torch.long)
+    buf.reservoir_add(torch.arange(4.0).unsqueeze(1), zeros, zeros)
     calls = []
 
     def logits_of(rows):

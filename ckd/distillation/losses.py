@@ -87,7 +87,9 @@ def soft_kl(
     return _row_mean_kl(student_logits, teacher_logits, temperature, mask)
 
 
-def summed_soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None) -> Tensor:
+def summed_soft_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None
+) -> Tensor:
     """``Σ_s soft_kl(student[s], teacher[s], T, mask[s])``: several seeds' terms, stacked, in one sum.
 
     student_logits ``(S, R, C_s)``, teacher_logits ``(S, R, C_t)`` with ``C_t ≤ C_s``; mask: bool
@@ -95,7 +97,7 @@ def summed_soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: 
     as its own :func:`soft_kl` scales them.
     """
     check_temperature(temperature)
-    if student_logits.dim() != 3 or teacher_logits.dim() != 3 or student_logits.shape[:2] != teacher_logits.shape[:2]:
+    if student_logits.dim() != 3 or teacher_logits.shape != (*student_logits.shape[:2], teacher_logits.shape[-1]):
         raise ValueError(
             "summed_soft_kl expects (S, R, C) logits with the same seeds and rows, got student "
             f"{tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)}"
