@@ -5,13 +5,19 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
+from matplotlib.container import BarContainer
 
 from ckd.reports.plotting import (
     DPI,
     METHOD_COLORS,
+    accuracy_heatmaps_figure,
+    distillers_dilemma_figure,
     figure_size,
+    forgetting_curves_figure,
     method_color,
+    method_comparison_figure,
     plot_all,
     plot_forgetting_curves,
 )
@@ -142,3 +148,125 @@ def test_plot_scripts_write_the_figure_named_on_the_command_line(results_dir, tm
         capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+# ---------------------------------------------------------------- the values drawn
+def _matrix(offset: float, seed: int) -> list[list[float]]:
+    """A (T, T) accuracy matrix whose every cell differs (a wrong row or column shows)."""
+    return [[round(offset + 0.1 * i + 0.03 * j + 0.02 * seed, 4) for j in range(T)] for i in range(T)]
+
+
+def _curve(seed: int) -> dict:
+    experience = [0, 0, 1, 1, 2, 2]
+    return {"iteration": [0, 10, 20, 30, 40, 50], "experience": experience,
+            "accuracy": [[round(0.3 + 0.05 * k + 0.1 * j + 0.01 * seed, 4) for j in range(T)] for k in range(6)]}
+
+
+def _hand_runs(curve: bool = False) -> list[dict]:
+    runs = []
+    for method, offset in (("naive", 0.1), ("kd-replay", 0.4)):
+        for seed in (0, 1):
+            runs.append({"stream": "s", "method": method, "seed": seed, "scenario": "class-il", "config": {},
+                         "accuracy_matrix": _matrix(offset, seed),
+                         "curve": _curve(seed) if curve and method == "kd-replay" else None})
+    return runs
+
+
+def _seed_mean(runs: list[dict], method: str, key: str = "accuracy_matrix") -> np.ndarray:
+    """100 × the mean over seeds of ``key`` (the matrix, or the curve's accuracies)."""
+    values = [r[key]["accuracy"] if key == "curve" else r[key] for r in runs if r["method"] == method]
+    return 100.0 * np.mean(np.array(values), axis=0)
+
+
+def _panels_by_method(fig) -> dict[str, object]:
+    return {ax.get_title().split(" ")[0]: ax for ax in fig.axes if ax.get_title()}
+
+
+def test_forgetting_curves_draw_each_experiences_seed_mean_from_when_it_is_trained():
+    runs = _hand_runs()
+    panels = _panels_by_method(forgetting_curves_figure(runs))
+    assert sorted(panels) == ["kd-replay", "naive"]
+    for method, ax in panels.items():
+        mean = _seed_mean(runs, method)
+        assert len(ax.lines) == T
+        for j, line in enumerate(ax.lines):  # the curve of test experience j: R[j:, j]
+            np.testing.assert_array_equal(line.get_xdata(), np.arange(j, T))
+            np.testing.assert_allclose(line.get_ydata(), mean[j:, j])
+
+
+def test_forgetting_curves_on_an_iteration_grid_draw_the_curves_accuracies():
+    runs = _hand_runs(curve=True)
+    ax = _panels_by_method(forgetting_curves_figure(runs))["kd-replay"]
+    iteration, experience = np.array(_curve(0)["iteration"]), np.array(_curve(0)["experience"])
+    mean = _seed_mean(runs, "kd-replay", "curve")
+    for j, line in enumerate(ax.lines[:T]):
+        trained = experience >= j
+        np.testing.assert_array_equal(line.get_xdata(), iteration[trained])
+        np.testing.assert_allclose(line.get_ydata(), mean[trained, j])
+    assert [line.get_xdata()[0] for line in ax.lines[T:]] == [20, 40]  # where experiences 1 and 2 start
+
+
+def test_heatmap_cells_and_their_labels_are_the_seed_mean_matrix():
+    runs = _hand_runs()
+    panels = _panels_by_method(accuracy_heatmaps_figure(runs))
+    for method, ax in panels.items():
+        mean = _seed_mean(runs, method)
+        (image,) = ax.images
+        np.testing.assert_allclose(np.asarray(image.get_array()), mean)
+        labels = {text.get_position(): text.get_text() for text in ax.texts}
+        assert labels == {(j, i): f"{mean[i, j]:.1f}" for i in range(T) for j in range(T)}
+
+
+def test_comparison_bars_are_the_final_accuracy_and_forgetting_of_each_setting():
+    runs = _hand_runs()
+    accuracy_ax, forgetting_ax = method_comparison_figure(runs).axes
+    names = [label.get_text() for label in accuracy_ax.get_xticklabels()]
+    assert names == ["kd-replay", "naive"]
+    expected_accuracy, expected_forgetting, expected_std = [], [], []
+    for method in names:
+        matrices = np.array([r["accuracy_matrix"] for r in runs if r["method"] == method])
+        final = matrices[:, -1].mean(axis=1)  # each seed's mean over test experiences after the last one
+        best = matrices[:, :-1, :-1].max(axis=1)  # best-ever accuracy before the end, per old experience
+        forgetting = (best - matrices[:, -1, :-1]).mean(axis=1)
+        expected_accuracy.append(100 * final.mean())
+        expected_std.append(100 * final.std(ddof=1))
+        expected_forgetting.append(100 * forgetting.mean())
+    np.testing.assert_allclose([bar.get_height() for bar in accuracy_ax.patches], expected_accuracy)
+    np.testing.assert_allclose([bar.get_height() for bar in forgetting_ax.patches], expected_forgetting, atol=1e-9)
+    (bars,) = [c for c in accuracy_ax.containers if isinstance(c, BarContainer)]
+    (segments,) = bars.errorbar.lines[2]
+    np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in segments.get_segments()], 2 * np.array(expected_std))
+
+
+def _sweep_run(t: float, alpha: float, seed: int) -> dict:
+    accuracy = round(0.5 + 0.1 * np.log2(t) + 0.05 * alpha + 0.01 * seed, 4)
+    record = {"agreement": round(0.9 - 0.05 * np.log2(t) + 0.02 * alpha, 4), "kl": 0.1,
+              "teacher_correct_accuracy": round(0.95 - 0.01 * t, 4), "teacher_wrong_accuracy": round(0.1 * t + alpha / 10, 4)}
+    return {"stream": "s", "method": "kd-replay", "label": f"T{t:g}-a{alpha:g}", "seed": seed, "scenario": "class-il",
+            "config": {"method_args": {"temperature": t, "alpha": alpha}},
+            "accuracy_matrix": [[accuracy, 0.0], [accuracy, accuracy]],
+            "final_average_accuracy": accuracy, "average_forgetting": 0.0, "diagnostics": [None, record]}
+
+
+def test_distillers_dilemma_lines_are_each_alphas_values_against_temperature():
+    temperatures, alphas = (1.0, 2.0, 4.0), (0.5, 1.0)
+    runs = [_sweep_run(t, a, s) for t in temperatures for a in alphas for s in (0, 1)]
+    accuracy_ax, agreement_ax, student_ax = distillers_dilemma_figure(runs).axes
+    assert [c.get_label() for c in accuracy_ax.containers] == ["α = 0.5", "α = 1"]
+    for k, alpha in enumerate(alphas):
+        one = {t: [r for r in runs if r["config"]["method_args"] == {"temperature": t, "alpha": alpha}]
+               for t in temperatures}
+        diagnostic = {name: [100 * one[t][0]["diagnostics"][1][name] for t in temperatures]
+                      for name in ("agreement", "teacher_wrong_accuracy", "teacher_correct_accuracy")}
+        (accuracy_line, _, _) = accuracy_ax.containers[k].lines
+        np.testing.assert_array_equal(accuracy_line.get_xdata(), temperatures)
+        np.testing.assert_allclose(accuracy_line.get_ydata(),
+                                   [100 * np.mean([r["final_average_accuracy"] for r in one[t]]) for t in temperatures])
+        np.testing.assert_allclose(agreement_ax.lines[k].get_ydata(), diagnostic["agreement"])
+        wrong, right = student_ax.lines[2 * k : 2 * k + 2]
+        for line in (agreement_ax.lines[k], wrong, right):
+            np.testing.assert_array_equal(line.get_xdata(), temperatures)
+        np.testing.assert_allclose(wrong.get_ydata(), diagnostic["teacher_wrong_accuracy"])
+        np.testing.assert_allclose(right.get_ydata(), diagnostic["teacher_correct_accuracy"])
+    best = max(runs, key=lambda r: r["final_average_accuracy"])["config"]["method_args"]["temperature"]
+    assert all(ax.lines[-1].get_xdata()[0] == best for ax in (accuracy_ax, agreement_ax, student_ax))

@@ -18,11 +18,13 @@ the buffer's device: no Python loop over samples and no host-device copy in the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from ckd.distillation.slots import group_index, rank_within_group, reservoir_slots
 
 __all__ = ["POLICIES", "RefillPlan", "ReplayBuffer", "ReplaySample", "StackedBuffers"]
 
@@ -190,7 +192,7 @@ class ReplayBuffer:
         self._check_input(x, y, task)
         n, m = x.shape[0], self.mem_size
         draw = torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)
-        slot, keep = _reservoir_slots(draw, self.seen, m)
+        slot, keep = reservoir_slots(draw, self.seen, m)
         self._write(slot, x, y, task, experience)
         if logits is not None:  # rejected samples write the scratch row, as above
             every_class = torch.ones(logits.shape[1], dtype=torch.bool, device=self.device)
@@ -222,11 +224,11 @@ class ReplayBuffer:
         # order, fill what is left of their group's quota (all of it for a new group).
         room = quota.clone()
         if self.size:
-            held = torch.bincount(_group_index(groups, self.experience, self.y), minlength=n_groups)
+            held = torch.bincount(group_index(groups, self.experience, self.y), minlength=n_groups)
             room -= torch.minimum(held, quota)
         perm = torch.randperm(y.shape[0], generator=self.generator, device=self.device)
-        rank = _rank_within_group(y[perm])
-        group_of = _group_index(groups, torch.full_like(y[perm], experience), y[perm])
+        rank = rank_within_group(y[perm])
+        group_of = group_index(groups, torch.full_like(y[perm], experience), y[perm])
         return RefillPlan(perm[rank < room[group_of]], groups, quota)
 
     def class_balanced_fill(
@@ -237,8 +239,8 @@ class ReplayBuffer:
         groups, quota = plan.groups, plan.quota
         keep_old = torch.zeros(0, dtype=torch.long, device=self.device)
         if self.size:
-            old_group = _group_index(groups, self.experience, self.y)
-            keep_old = (_rank_within_group(old_group) < quota[old_group]).nonzero().squeeze(1)
+            old_group = group_index(groups, self.experience, self.y)
+            keep_old = (rank_within_group(old_group) < quota[old_group]).nonzero().squeeze(1)
         n_old, n_new = keep_old.shape[0], x.shape[0]
         if n_old + n_new > self.mem_size:
             raise RuntimeError(f"class-balanced refill overflows: {n_old} + {n_new} > {self.mem_size}")
@@ -250,6 +252,21 @@ class ReplayBuffer:
         self.size = n_old + n_new
         self._write(torch.arange(n_old, n_old + n_new, device=self.device), x, y, task, experience)
         self.seen += n_new
+
+    def class_balanced_refill(
+        self, y: Tensor, experience: int, load: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+    ) -> None:
+        """The whole refill with a new experience whose labels are ``y (N,)``: plan it
+        (:meth:`class_balanced_select`), load the samples kept, ``load(index) -> (x, y, task)``
+        of the experience's rows ``index (K,)``, and store them (:meth:`class_balanced_fill`)."""
+        plan = self.class_balanced_select(y, experience)
+        if plan.index.numel():
+            x, y, task = load(plan.index)
+        elif self.is_empty:
+            return
+        else:  # nothing new to keep; old groups still shrink to their quota
+            x, y, task = self.x[:0], self.y[:0], self.task[:0]
+        self.class_balanced_fill(plan, x, y, task, experience)
 
     def _groups(self) -> Tensor:
         return torch.unique(torch.stack([self.experience, self.y], dim=1), dim=0)
@@ -296,6 +313,21 @@ class ReplayBuffer:
         self._logits[index, width:] = 0.0
         self._logits_mask[index] = False
         self._logits_mask[index, :width] = mask.to(self.device, torch.bool).expand(index.shape[0], width)
+
+    def cache_logits(
+        self, logits_of: Callable[[ReplaySample], tuple[Tensor, Tensor | None]], only_new: bool = False,
+        batch_size: int = 1000,
+    ) -> None:
+        """Cache a teacher's logits for every slot (``only_new``: the slots without any yet), in
+        passes of ``batch_size`` slots: ``logits_of(rows) -> (logits (K, C), mask (K, C))``, the
+        mask ``None`` when every class is a target."""
+        slots = torch.arange(self.size, device=self.device)
+        if only_new and self.logits_mask is not None:
+            slots = (~self.logits_mask.any(dim=1)).nonzero().squeeze(1)  # once per experience
+        for start in range(0, slots.shape[0], batch_size):
+            index = slots[start : start + batch_size]
+            logits, mask = logits_of(self.gather(index))
+            self.set_logits(index, logits, torch.ones_like(logits, dtype=torch.bool) if mask is None else mask)
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -388,7 +420,7 @@ class StackedBuffers:
         draw = torch.empty(n_buffers, n, dtype=torch.float64, device=first.device)
         for row, buffer in zip(draw.unbind(0), self.buffers):
             row.uniform_(generator=buffer.generator)  # = torch.rand(n, generator=..., dtype=float64)
-        slot, _ = _reservoir_slots(draw, first.seen, first.mem_size)
+        slot, _ = reservoir_slots(draw, first.seen, first.mem_size)
         flat = (slot + self._offsets).reshape(-1)
         storage = [None if (t := self.stacks[name]) is None else t.flatten(0, 1)
                    for name in ("_x", "_y", "_task", "_experience", "_logits_mask")]
@@ -455,46 +487,3 @@ def _write_rows(
         experience_store.index_fill_(0, slots, experience)
     if mask_store is not None:
         mask_store.index_fill_(0, slots, False)  # the previous occupant's logits are stale
-
-
-def _reservoir_slots(draw: Tensor, seen: int, mem_size: int) -> tuple[Tensor, Tensor]:
-    """Algorithm R for a minibatch: the slots ``(..., n)`` of stream samples ``seen … seen + n − 1``
-    from uniform ``draw (..., n)`` (float64), the scratch row ``mem_size`` for those not kept,
-    and which are kept. Leading dimensions are independent buffers (one per seed)."""
-    n, m, device = draw.shape[-1], mem_size, draw.device
-    position = torch.arange(seen, seen + n, device=device)
-    random_slot = torch.minimum((draw * (position + 1)).long(), position)
-    slot = torch.where(position < m, position, random_slot)
-    order = torch.arange(n, device=device).expand_as(slot)
-    trash = torch.full_like(slot, m)
-    slot = torch.where(slot < m, slot, trash)
-    winner = torch.full((*slot.shape[:-1], m + 1), -1, dtype=torch.long, device=device)
-    winner.scatter_reduce_(-1, slot, order, "amax")
-    keep = (slot < m) & (winner.gather(-1, slot) == order)
-    return torch.where(keep, slot, trash), keep
-
-
-def _rank_within_group(group: Tensor) -> Tensor:
-    """For labels ``(N,)``, the position of each element among the equal labels
-    before it (0 for the first occurrence, 1 for the second, ...)."""
-    n = group.shape[0]
-    if n == 0:
-        return group
-    order = torch.sort(group, stable=True).indices
-    sorted_group = group[order]
-    start = torch.ones(n, dtype=torch.bool, device=group.device)
-    start[1:] = sorted_group[1:] != sorted_group[:-1]
-    position = torch.arange(n, device=group.device)
-    first = torch.cummax(torch.where(start, position, 0), dim=0).values
-    rank = torch.empty_like(position)
-    rank[order] = position - first
-    return rank
-
-
-def _group_index(groups: Tensor, experience: Tensor, y: Tensor) -> Tensor:
-    """Row of ``groups (G, 2)`` (sorted unique ``(experience, class)``) for each sample."""
-    key_scale = int(groups[:, 1].max()) + 1 if groups.numel() else 1
-    key_scale = max(key_scale, int(y.max()) + 1 if y.numel() else 1)
-    group_keys = groups[:, 0] * key_scale + groups[:, 1]
-    keys = experience.to(groups.device) * key_scale + y.to(groups.device)
-    return torch.searchsorted(group_keys, keys)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ckd.distillation.devices import to_device
+from ckd.distillation.known_classes import ClassMasks
 from ckd.distillation.losses import average_soft_targets
 
 __all__ = ["ENSEMBLES", "ForwardFn", "FrozenModel", "TeacherSet", "default_forward", "frozen_from", "frozen_state", "model_nbytes"]
@@ -51,6 +52,7 @@ class FrozenModel:
         self.forward = forward
         self.multi_task = multi_task
         self.known_classes_only = known_classes_only
+        self._masks = ClassMasks(self.known_classes)
         self._tables: dict = {}
         known = self.known_classes.any(dim=1).nonzero().flatten()
         self._any_known_task = int(known[0]) if known.numel() else 0
@@ -62,29 +64,12 @@ class FrozenModel:
 
     def class_mask(self, task: Tensor, num_classes: int) -> Tensor:
         """bool ``(B, num_classes)``: each sample's target classes (see the class doc)."""
-        table = self._mask_table(num_classes, task.device, self.known_classes_only)
-        return table[task.clamp_max(table.shape[0] - 1)]
+        return self._masks(task, num_classes, self.known_classes_only)
 
     def known_class_mask(self, task: Tensor, num_classes: int) -> Tensor:
         """bool ``(B, num_classes)``: the classes the teacher was trained on for each
         sample's task (for distillation on new data, where other outputs say nothing)."""
-        table = self._mask_table(num_classes, task.device, True)
-        return table[task.clamp_max(table.shape[0] - 1)]
-
-    def _mask_table(self, num_classes: int, device: torch.device, known_only: bool) -> Tensor:
-        """bool ``(n_tasks + 1, num_classes)``; the last row (tasks never seen) is all False.
-        Built once per width and device, so a training step only indexes it."""
-        key = (num_classes, str(device), known_only)
-        if key not in self._tables:
-            known = self.known_classes
-            table = torch.zeros(known.shape[0] + 1, num_classes, dtype=torch.bool)
-            if known_only:
-                width = min(num_classes, known.shape[1])
-                table[:-1, :width] = known[:, :width]
-            else:
-                table[:-1] = known.any(dim=1, keepdim=True)
-            self._tables[key] = to_device(table, device)  # built in a step: no host sync
-        return self._tables[key]
+        return self._masks(task, num_classes, True)
 
     def logits(self, x: Tensor, task: Tensor) -> tuple[Tensor, Tensor | None]:
         """Target logits ``(B, C_t)`` and their class mask ``(B, C_t)`` (``None`` when
@@ -118,6 +103,7 @@ class FrozenModel:
 
     def to(self, device: torch.device | str) -> "FrozenModel":
         self.model.to(device)
+        self._masks.clear()
         self._tables = {}
         return self
 

@@ -15,6 +15,7 @@ __all__ = [
     "known_class_mask",
     "soft_kl",
     "soft_kl_sum",
+    "summed_soft_kl",
     "weighted",
     "average_soft_targets",
     "replay_cross_entropy",
@@ -83,10 +84,34 @@ def soft_kl(
     """
     check_temperature(temperature)
     mask = known_class_mask(student_logits, teacher_logits, known_classes)
-    c_t = teacher_logits.shape[1]
-    if student_logits.shape[1] != c_t:  # a head that grew; no slice (and its backward) otherwise
-        student_logits = student_logits[:, :c_t]
-    return soft_kl_sum(student_logits, teacher_logits, temperature, mask) * (temperature**2) / student_logits.shape[0]
+    return _row_mean_kl(student_logits, teacher_logits, temperature, mask)
+
+
+def summed_soft_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None
+) -> Tensor:
+    """``Σ_s soft_kl(student[s], teacher[s], T, mask[s])``: several seeds' terms, stacked, in one sum.
+
+    student_logits ``(S, R, C_s)``, teacher_logits ``(S, R, C_t)`` with ``C_t ≤ C_s``; mask: bool
+    ``(S, R, C_t)`` or ``None`` (every class known). Each seed's rows are scaled by ``T² / R``,
+    as its own :func:`soft_kl` scales them.
+    """
+    check_temperature(temperature)
+    if student_logits.dim() != 3 or teacher_logits.shape != (*student_logits.shape[:2], teacher_logits.shape[-1]):
+        raise ValueError(
+            "summed_soft_kl expects (S, R, C) logits with the same seeds and rows, got student "
+            f"{tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)}"
+        )
+    return _row_mean_kl(student_logits, teacher_logits, temperature, mask)
+
+
+def _row_mean_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None) -> Tensor:
+    """:func:`soft_kl_sum` on the teacher's ``C_t`` columns, times ``T²`` over the rows ``R``
+    (``(..., R, C)``: the rows are the second-to-last dimension)."""
+    c_t = teacher_logits.shape[-1]
+    if student_logits.shape[-1] != c_t:  # a head that grew; no slice (and its backward) otherwise
+        student_logits = student_logits[..., :c_t]
+    return soft_kl_sum(student_logits, teacher_logits, temperature, mask) * (temperature**2) / student_logits.shape[-2]
 
 
 def soft_kl_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None) -> Tensor:

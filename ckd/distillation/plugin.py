@@ -269,15 +269,9 @@ class KDReplayPlugin(StrategyBoundPlugin):
     def _refill_class_balanced(self, strategy, exp_id: int) -> None:
         dataset = strategy.experience.dataset.eval()
         targets = torch.as_tensor(list(dataset.targets), dtype=torch.long)
-        plan = self.buffer.class_balanced_select(targets, exp_id)
-        index = plan.index.cpu()
-        if index.numel():
-            x, y, t = _load(dataset.subset(index.tolist()), _PASS_BATCH)
-        elif self.buffer.is_empty:
-            return
-        else:  # nothing new to keep; old groups still shrink to their quota
-            x, y, t = self.buffer.x[:0], self.buffer.y[:0], self.buffer.task[:0]
-        self.buffer.class_balanced_fill(plan, x, y, t, exp_id)
+        self.buffer.class_balanced_refill(
+            targets, exp_id, lambda index: _load(dataset.subset(index.cpu().tolist()), _PASS_BATCH)
+        )
 
 
 def _refuse_other_replay(strategy, kd: KDReplayPlugin) -> None:

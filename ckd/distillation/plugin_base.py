@@ -8,6 +8,8 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor
 
+from ckd.distillation.known_classes import grow_seen_classes
+
 __all__ = ["StrategyBoundPlugin", "add_task_column", "mark_seen_classes", "require_among_plugins", "steps_in_experience"]
 
 
@@ -36,13 +38,7 @@ def require_among_plugins(strategy, plugin, reader) -> None:
 def mark_seen_classes(seen: Tensor, experience) -> Tensor:
     """bool ``(n_tasks, C)`` ``seen`` grown to include ``experience``'s task and classes."""
     task = int(experience.task_label) if hasattr(experience, "task_label") else 0
-    classes = [int(c) for c in experience.classes_in_this_experience]
-    n_tasks = max(seen.shape[0], task + 1)
-    n_classes = max(seen.shape[1], max(classes, default=-1) + 1)  # an empty experience adds no class
-    grown = torch.zeros(n_tasks, n_classes, dtype=torch.bool)
-    grown[: seen.shape[0], : seen.shape[1]] = seen
-    grown[task, classes] = True
-    return grown
+    return grow_seen_classes(seen, task, [int(c) for c in experience.classes_in_this_experience])
 
 
 class StrategyBoundPlugin(SupervisedPlugin):

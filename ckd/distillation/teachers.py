@@ -36,6 +36,7 @@ from ckd.distillation.frozen import (
     frozen_from,
     frozen_state,
 )
+from ckd.distillation.known_classes import only_taught
 
 __all__ = [
     "DEFAULT_TEACHER",
@@ -110,14 +111,6 @@ class Teacher:
         return FrozenModel(model, known_classes, self.forward, self.multi_task, known_classes_only)
 
 
-def _only_taught(sample: ReplaySample, logits: Tensor, mask: Tensor | None, finished: int) -> tuple[Tensor, Tensor]:
-    """Targets only for samples of experiences ``≤ finished``: a frozen teacher knows
-    nothing about the samples of the experience being learned (a reservoir holds some),
-    and pulling them towards its outputs fights learning them. No host sync."""
-    taught = (sample.experience <= finished).unsqueeze(1).expand_as(logits)
-    return logits, taught if mask is None else mask & taught
-
-
 class SnapshotTeacher(Teacher):
     """The model frozen at the end of the latest experience, run on each replay batch;
     replayed samples of the experience being learned get no target (as with
@@ -150,7 +143,7 @@ class SnapshotTeacher(Teacher):
         logits, mask = self._model.logits(x, sample.task)
         if self.current_experience_targets:
             return logits, mask
-        return _only_taught(sample, logits, mask, self._finished)
+        return logits, only_taught(mask, sample.experience, self._finished, logits)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "model": frozen_state(self._model), "finished": self._finished}
@@ -191,14 +184,8 @@ class CachedTeacher(Teacher):
         if buffer is None or buffer.is_empty:
             return
         frozen = self._freeze(model, known_classes, self.known_classes_only)
-        slots = torch.arange(len(buffer), device=buffer.device)
-        if not self.refresh and buffer.logits_mask is not None:
-            slots = (~buffer.logits_mask.any(dim=1)).nonzero().squeeze(1)  # once per experience
-        for start in range(0, slots.shape[0], _PASS_BATCH):
-            index = slots[start : start + _PASS_BATCH]
-            rows = buffer.gather(index)
-            logits, mask = frozen.logits(rows.x, rows.task)
-            buffer.set_logits(index, logits, torch.ones_like(logits, dtype=torch.bool) if mask is None else mask)
+        buffer.cache_logits(lambda rows: frozen.logits(rows.x, rows.task), only_new=not self.refresh,
+                            batch_size=_PASS_BATCH)
         self._has_logits = buffer.logits is not None
         # One sync per experience; a reservoir write invalidates a slot and resets it.
         self._cover_all = bool(buffer.logits_mask.all())
@@ -269,7 +256,7 @@ class EnsembleTeacher(Teacher):
             logits, mask = self.teachers.soft_targets(x, sample.task, sample.experience, self.temperature, self.ensemble)
         if self.current_experience_targets:
             return logits, mask
-        return _only_taught(sample, logits, mask, self._experience - 1)
+        return logits, only_taught(mask, sample.experience, self._experience - 1, logits)
 
     @property
     def nbytes(self) -> int:

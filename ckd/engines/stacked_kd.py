@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ckd.distillation.buffer import ReplayBuffer, StackedBuffers
-from ckd.distillation.devices import to_device
 from ckd.distillation.ema import decay_for_half_life
-from ckd.distillation.losses import check_temperature, soft_kl_sum, weighted
+from ckd.distillation.known_classes import ClassMasks, grow_seen_classes, only_taught
+from ckd.distillation.losses import summed_soft_kl, weighted
 from ckd.distillation.teachers import DEFAULT_TEACHER
 from ckd.engines.stacked_model import StackedModel
 
@@ -74,13 +74,12 @@ class StackedKD:
         self.stacked = StackedBuffers(self.buffers)
         self.seen = torch.zeros(0, 0, dtype=torch.bool)
         self.teacher_params: dict[str, Tensor] | None = None
-        self.teacher_seen = self.seen
+        self.teacher_masks: ClassMasks | None = None  # the classes the teacher knows
         self.cover_all = False
         self.has_logits = False
         self.alpha = 0.0
         self.ema = StackedEMA(args["ema_half_life"]) if self.teacher == "ema" else None
         self._kd_total: Tensor | None = None  # the epoch's KD terms summed: NaN/inf once any is
-        self._table: tuple | None = None
 
     # ---------------------------------------------------------------- experience
     def before_experience(self, exp: int, steps: int, net: StackedModel, device: torch.device) -> None:
@@ -97,22 +96,14 @@ class StackedKD:
 
     def after_experience(self, exp: int, data: list[tuple[Tensor, Tensor, Tensor]], task: int,
                          classes: list[int], net: StackedModel) -> None:
-        seen = torch.zeros(max(self.seen.shape[0], task + 1), max(self.seen.shape[1], max(classes) + 1), dtype=torch.bool)
-        seen[: self.seen.shape[0], : self.seen.shape[1]] = self.seen
-        seen[task, classes] = True
-        self.seen = seen
+        self.seen = grow_seen_classes(self.seen, task, classes)
         self.finished = exp
         if self.policy == "class_balanced" and self.uses_replay:
-            for buffer, (x, y, t) in zip(self.buffers, data):
-                plan = buffer.class_balanced_select(y, exp)
-                if plan.index.numel():
-                    index = plan.index.to(x.device)
-                    buffer.class_balanced_fill(plan, x[index], y[index], t[index], exp)
-                elif not buffer.is_empty:
-                    buffer.class_balanced_fill(plan, buffer.x[:0], buffer.y[:0], buffer.task[:0], exp)
+            for buffer, samples in zip(self.buffers, data):
+                buffer.class_balanced_refill(samples[1], exp, functools.partial(_rows, samples))
         if self.teacher == "snapshot":
             self.teacher_params = net.detached()
-            self.teacher_seen = self.seen.clone()
+            self.teacher_masks = ClassMasks(self.seen.clone())
             if self.snapshot_targets_kept and self.uses_replay and not self.buffers[0].is_empty:
                 # The snapshot's logits for every slot, gathered by each step instead of a teacher
                 # forward: the snapshot is frozen and, within an experience, a slot changes only by
@@ -121,41 +112,27 @@ class StackedKD:
                 self._cache_logits(net, only_new=False)
         elif self.teacher == "ema":
             self.teacher_params = self.ema.params  # live: the average goes on moving
-            self.teacher_seen = self.seen.clone()
+            self.teacher_masks = ClassMasks(self.seen.clone())
         elif self.uses_replay and not self.buffers[0].is_empty:
             self._cache_logits(net, only_new=self.teacher == "own")
 
     @torch.no_grad()
     def _cache_logits(self, net: StackedModel, only_new: bool) -> None:
         """Each seed's logits (the model as it is now) for its buffer slots (``only_new``: the
-        slots without any yet, as the own-experience teacher keeps them), in passes of ``_PASS_BATCH``."""
+        slots without any yet, as the own-experience teacher keeps them), as a cached teacher's."""
+        masks = ClassMasks(self.seen)
         for s, buffer in enumerate(self.buffers):
-            slots = torch.arange(len(buffer), device=buffer.device)
-            if only_new and buffer.logits_mask is not None:
-                slots = (~buffer.logits_mask.any(dim=1)).nonzero().squeeze(1)  # once per experience
-            for start in range(0, slots.shape[0], _PASS_BATCH):
-                index = slots[start : start + _PASS_BATCH]
-                rows = buffer.gather(index)
+            def logits_of(rows, s=s):
                 logits = net.seed_forward(s, rows.x)
-                mask = self._mask(self.seen, rows.task, logits.shape[-1])
-                buffer.set_logits(index, logits, torch.ones_like(logits, dtype=torch.bool) if mask is None else mask)
+                return logits, self._mask(masks, rows.task, logits.shape[-1])
+            buffer.cache_logits(logits_of, only_new=only_new, batch_size=_PASS_BATCH)
         self.has_logits = True
         self.cover_all = all(bool(b.logits_mask.all()) for b in self.buffers)  # one sync per experience
 
-    def _mask(self, seen: Tensor, task: Tensor, width: int) -> Tensor | None:
+    def _mask(self, masks: ClassMasks, task: Tensor, width: int) -> Tensor | None:
         """bool ``(..., width)``: the classes the teacher knew for each row's task
-        (``None``: every output, as ``known_classes_only=False`` gives). The table is
-        built once per teacher, so a step only indexes it."""
-        if not self.known_only:
-            return None
-        key = (id(seen), width, str(task.device))
-        if self._table is None or self._table[0] != key:
-            table = torch.zeros(seen.shape[0] + 1, width, dtype=torch.bool)
-            w = min(width, seen.shape[1])
-            table[:-1, :w] = seen[:, :w]
-            self._table = (key, to_device(table, task.device))
-        table = self._table[1]
-        return table[task.clamp_max(table.shape[0] - 1)]
+        (``None``: every output, as ``known_classes_only=False`` gives)."""
+        return masks(task, width, True) if self.known_only else None
 
     # ------------------------------------------------------------------ iteration
     def replays(self) -> bool:
@@ -191,10 +168,9 @@ class StackedKD:
             logits = replay["logits"]
         else:
             logits = net(replay["x"], params=self.teacher_params)
-        mask = self._mask(self.teacher_seen, replay.get("task"), logits.shape[-1])
-        if self.taught_only:  # as ckd.distillation.teachers's _only_taught, on the device
-            taught = (replay["experience"] <= self.finished).unsqueeze(-1).expand_as(logits)
-            mask = taught if mask is None else mask & taught
+        mask = self._mask(self.teacher_masks, replay.get("task"), logits.shape[-1])
+        if self.taught_only:
+            mask = only_taught(mask, replay["experience"], self.finished, logits)
         return logits, mask
 
     def note_finite(self, kd: Tensor) -> None:
@@ -216,13 +192,10 @@ class StackedKD:
             self.cover_all = False
 
 
-def _summed_soft_kl(student: Tensor, teacher: Tensor, temperature: float, mask: Tensor | None) -> Tensor:
-    """The seeds' :func:`ckd.distillation.losses.soft_kl` terms summed: ``student (S, R, C_s)``, ``teacher (S, R, C_t)``,
-    ``mask (S, R, C_t)`` or ``None``; every seed's rows scaled by ``T² / R``, as its own run scales them."""
-    check_temperature(temperature)
-    if student.shape[-1] != teacher.shape[-1]:  # a head that grew since the teacher
-        student = student[..., : teacher.shape[-1]]
-    return soft_kl_sum(student, teacher, temperature, mask) * (temperature**2) / student.shape[1]
+def _rows(samples: tuple[Tensor, Tensor, Tensor], index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The rows ``index`` of an experience's ``(x, y, t)``."""
+    index = index.to(samples[0].device)
+    return tuple(part[index] for part in samples)
 
 
 @functools.lru_cache(maxsize=64)
@@ -257,6 +230,6 @@ def summed_loss(
     loss = (ce.view(labels.shape) * weights).sum()
     kd = None
     if target is not None:
-        kd = _summed_soft_kl(out[:, n:], target, temperature, mask)
+        kd = summed_soft_kl(out[:, n:], target, temperature, mask)
         loss = loss + weighted(alpha, kd)
     return loss, kd

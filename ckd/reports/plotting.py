@@ -3,8 +3,9 @@
 Figures are built with :class:`matplotlib.figure.Figure` directly, never
 through ``pyplot``: no GUI backend is touched (headless by construction), no
 global figure registry holds them, and each figure is freed when its function
-returns. Every ``plot_*`` function draws one stream; with ``stream=None`` the
-results must hold exactly one.
+is freed once its caller drops it. Each ``*_figure`` function builds one figure
+of one stream (with ``stream=None`` the results must hold exactly one) and the
+``plot_*`` function of the same name saves it.
 """
 
 from __future__ import annotations
@@ -30,15 +31,9 @@ from ckd.reports.summary import Setting, group_runs, load_results, setting_label
 from ckd.reports.sweeps import recommend, summarize_sweep
 
 __all__ = [
-    "DPI",
-    "FORMATS",
-    "METHOD_COLORS",
-    "method_color",
-    "figure_size",
-    "plot_forgetting_curves",
-    "plot_accuracy_heatmaps",
-    "plot_method_comparison",
-    "plot_distillers_dilemma",
+    "DPI", "FORMATS", "METHOD_COLORS", "method_color", "figure_size",
+    "forgetting_curves_figure", "accuracy_heatmaps_figure", "method_comparison_figure", "distillers_dilemma_figure",
+    "plot_forgetting_curves", "plot_accuracy_heatmaps", "plot_method_comparison", "plot_distillers_dilemma",
     "plot_all",
 ]
 
@@ -239,18 +234,14 @@ def _band(ax: Axes, x: np.ndarray, values: np.ndarray, color: Any, marker: str |
         )
 
 
-def plot_forgetting_curves(
-    results: Iterable[Mapping[str, Any]],
-    path: str | os.PathLike[str],
-    stream: str | None = None,
-) -> Path:
+def forgetting_curves_figure(results: Iterable[Mapping[str, Any]], stream: str | None = None) -> Figure:
     """Accuracy on each test experience from the moment it is trained, one panel per setting.
 
     x is the training experience index (``R[i][j]`` for ``i >= j``), or the
     iteration when every seed of the setting carries a ``curve`` on the same
     grid (points from the start of training experience ``j``). Lines are the
     mean over seeds in percent, bands ± sample std; the y axis is 0-100 in
-    every panel. The format follows the suffix of ``path`` (png, pdf, svg).
+    every panel.
     """
     stream, groups = _stream_groups(results, stream)
     stacks = {setting: _matrices(setting, runs) for setting, runs in groups.items()}
@@ -296,14 +287,10 @@ def plot_forgetting_curves(
         title="test experience", title_fontsize=8,
     )
     fig.suptitle(f"{stream}: accuracy on each test experience as training advances")
-    return _save(fig, path)
+    return fig
 
 
-def plot_accuracy_heatmaps(
-    results: Iterable[Mapping[str, Any]],
-    path: str | os.PathLike[str],
-    stream: str | None = None,
-) -> Path:
+def accuracy_heatmaps_figure(results: Iterable[Mapping[str, Any]], stream: str | None = None) -> Figure:
     """The seed-mean accuracy matrix ``R[i][j]`` in percent, one annotated heatmap per setting.
 
     Rows are the training experience just finished (``i``), columns the test
@@ -335,14 +322,10 @@ def plot_accuracy_heatmaps(
         ax.set_title(_panel_title(setting, len(runs), show_scenario), fontsize=10)
     fig.colorbar(image, ax=axes, label="accuracy (%)", shrink=0.85)
     fig.suptitle(f"{stream}: accuracy matrix, mean over seeds")
-    return _save(fig, path)
+    return fig
 
 
-def plot_method_comparison(
-    results: Iterable[Mapping[str, Any]],
-    path: str | os.PathLike[str],
-    stream: str | None = None,
-) -> Path:
+def method_comparison_figure(results: Iterable[Mapping[str, Any]], stream: str | None = None) -> Figure:
     """Bars of final average accuracy and average forgetting (best-ever − final) per setting.
 
     Two panels, values in percent, error bars ± sample std over seeds, bars
@@ -378,14 +361,10 @@ def plot_method_comparison(
     seeds = sorted({row["n_seeds"] for row in rows})
     n = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     fig.suptitle(f"{stream}: mean ± std over seeds (n={n})")
-    return _save(fig, path)
+    return fig
 
 
-def plot_distillers_dilemma(
-    results: Iterable[Mapping[str, Any]],
-    path: str | os.PathLike[str],
-    stream: str | None = None,
-) -> Path:
+def distillers_dilemma_figure(results: Iterable[Mapping[str, Any]], stream: str | None = None) -> Figure:
     """The distiller's dilemma of a temperature sweep (``ckd sweep``), against T (log axis):
     final validation accuracy, student–teacher agreement, and the student's accuracy
     on the held-out samples the teacher gets right and wrong; one line per alpha,
@@ -430,7 +409,35 @@ def plot_distillers_dilemma(
         f"{stream}, {methods[0]}: recommended T = {best['temperature']:g}, α = {best['alpha']:g} "
         f"({best['accuracy']:.2f}% on validation)"
     )
-    return _save(fig, path)
+    return fig
+
+
+def plot_forgetting_curves(
+    results: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], stream: str | None = None
+) -> Path:
+    """:func:`forgetting_curves_figure` saved to ``path``, in the format of its suffix (png, pdf, svg)."""
+    return _save(forgetting_curves_figure(results, stream), path)
+
+
+def plot_accuracy_heatmaps(
+    results: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], stream: str | None = None
+) -> Path:
+    """:func:`accuracy_heatmaps_figure` saved to ``path``, in the format of its suffix (png, pdf, svg)."""
+    return _save(accuracy_heatmaps_figure(results, stream), path)
+
+
+def plot_method_comparison(
+    results: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], stream: str | None = None
+) -> Path:
+    """:func:`method_comparison_figure` saved to ``path``, in the format of its suffix (png, pdf, svg)."""
+    return _save(method_comparison_figure(results, stream), path)
+
+
+def plot_distillers_dilemma(
+    results: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], stream: str | None = None
+) -> Path:
+    """:func:`distillers_dilemma_figure` saved to ``path``, in the format of its suffix (png, pdf, svg)."""
+    return _save(distillers_dilemma_figure(results, stream), path)
 
 
 def _file_stem(stream: str) -> str:
