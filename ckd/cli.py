@@ -176,10 +176,12 @@ def _plan(args, configs=(), ray_address: str | None = None, vectorize: bool = Fa
     )
 
 
-def _run_plan(plan, args) -> list:
-    """Run ``plan`` (``ckd.benchmarking.orchestration.run_plan``), printing each run as it finishes."""
+def _run_plan(args, configs, **options) -> list:
+    """Run the plan of ``args`` and ``configs`` (:func:`_plan` takes ``options``) through
+    ``ckd.benchmarking.orchestration.run_plan``, printing each run as it finishes."""
     from ckd.benchmarking.orchestration import run_plan
 
+    plan = _plan(args, configs, **options)
     done = []
 
     def report(outcome) -> None:
@@ -190,35 +192,39 @@ def _run_plan(plan, args) -> list:
     return run_plan(plan, report)
 
 
+def _run_settings(args) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The method settings (``--set``, ``--mem-size``) and the run settings ``ckd run`` was given."""
+    settings = _parse_sets(args.set)
+    if args.mem_size is not None:
+        settings["mem_size"] = args.mem_size
+    common = {
+        k: v for k, v in dict(
+            epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model, amp=args.amp,
+            checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema,
+            augmentation=False if args.no_augmentation else None,
+            n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
+            loader=args.loader,
+        ).items() if v is not None
+    }
+    return settings, common
+
+
 def _cmd_run(args) -> int:
     from ckd.benchmarking.run_config import config_from_result
     from ckd.benchmarking.suite import method_configs
+    from ckd.reports.summary import format_markdown, summarize
 
+    settings, common = _run_settings(args)
     if args.from_result:
         result = json.loads(Path(args.from_result).read_text())
-        overrides = {"device": args.device} if args.device != "cpu" else {}
-        configs = [config_from_result(result, **overrides)]
+        configs = [config_from_result(result, **({"device": args.device} if args.device != "cpu" else {}))]
     else:
-        settings = _parse_sets(args.set)
-        if args.mem_size is not None:
-            settings["mem_size"] = args.mem_size
-        common = {
-            k: v for k, v in dict(
-                epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model, amp=args.amp,
-                checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema,
-                augmentation=False if args.no_augmentation else None,
-                n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
-                loader=args.loader,
-            ).items() if v is not None
-        }
         configs = method_configs(
             stream=args.stream, methods=args.method, seeds=args.seeds, settings=settings,
             device=args.device, task_labels=args.task_labels, **common,
         )
-    outcomes = _run_plan(_plan(args, configs, vectorize=args.vectorize), args)
+    outcomes = _run_plan(args, configs, vectorize=args.vectorize)
     if len(outcomes) > 1:
-        from ckd.reports.summary import format_markdown, summarize
-
         print()
         print(format_markdown(summarize([json.loads(o.path.read_text()) for o in outcomes])))
     return 0
@@ -243,7 +249,7 @@ def _cmd_suite(args) -> int:
     vectorize = suite_vectorizes(args.suite)
     if vectorize and ray_address is not None:
         raise ValueError(f"{args.suite} vectorizes its seeds in one process; run it without Ray")
-    _run_plan(_plan(args, configs, ray_address, vectorize=vectorize), args)
+    _run_plan(args, configs, ray_address=ray_address, vectorize=vectorize)
     return 0
 
 
