@@ -38,3 +38,23 @@ def interrupt_at(monkeypatch, experience: int) -> None:
         return strategy
 
     monkeypatch.setattr(ckd.benchmarking.runner, "make_strategy", interrupted)
+
+
+def interrupt_inside(monkeypatch, experience: int, epoch: int, iteration: int = 1) -> None:
+    """Runs built from now on stop (``KeyboardInterrupt``) before training iteration ``iteration``
+    of epoch ``epoch`` of experience ``experience`` (no plugin added: the checkpoints' key is unchanged)."""
+    def interrupted(*args, **kwargs):
+        strategy = _MAKE_STRATEGY(*args, **kwargs)
+        before = strategy._before_training_iteration
+
+        def die_there(**kw):
+            clock = strategy.clock
+            if (clock.train_exp_counter, clock.train_exp_epochs, clock.train_epoch_iterations) == (
+                    experience, epoch, iteration):
+                raise KeyboardInterrupt
+            return before(**kw)
+
+        strategy._before_training_iteration = die_there
+        return strategy
+
+    monkeypatch.setattr(ckd.benchmarking.runner, "make_strategy", interrupted)

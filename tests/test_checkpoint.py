@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckd.benchmarking.checkpoint import read_checkpoint
+from ckd.benchmarking.checkpoint import epoch_checkpoint_path, read_checkpoint
 from ckd.benchmarking.run_config import RunConfig, checkpoint_path, config_from_result, result_path
 from ckd.benchmarking.runner import run, run_to_file
-from recording import interrupt_at
+from ckd.data.streams import make_stream
+from recording import interrupt_at, interrupt_inside
 
 SMALL = {"max_train_per_experience": 150}
 
@@ -72,6 +73,84 @@ def test_every_checkpointed_method_resumes_to_the_uninterrupted_numbers(tmp_path
         assert resumed[key] == uninterrupted[key], key
     assert len(resumed["wall_time_per_experience_s"]) == 5
 
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_two_epochs_resumes_to_the_uninterrupted_numbers(tmp_path):
+    args = {"mem_size": 60}
+    config = RunConfig("split-digits", "kd-replay", epochs=3, method_args=args, **SMALL)
+    inside = epoch_checkpoint_path(checkpoint_path(tmp_path, config))
+    settings = json.dumps({"stream": "split-digits", "method": "kd-replay", "epochs": 3, "method_args": args, **SMALL})
+    env = {**os.environ, "CKD_CHECKPOINT_MINUTES": "0"}  # a save at the start of every epoch but the first
+    process = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, settings, str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not inside.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(float(torch.rand(()) * 0.5))  # somewhere after it, in an epoch
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert not result_path(tmp_path, config).exists(), "the run ended before it could be killed"
+
+    path, ran = run_to_file(config, tmp_path)
+    resumed = json.loads(path.read_text())
+    assert ran and resumed["resumed_at_experiences"]
+    assert not inside.exists() and not checkpoint_path(tmp_path, config).exists()
+    uninterrupted = run(config_from_result(resumed))
+    for key in ("accuracy_matrix", "trained_weights", "task_il_accuracy_matrix", "diagnostics"):
+        assert resumed[key] == uninterrupted[key], key
+
+@pytest.mark.parametrize("method, args", [
+    ("kd-replay", {"mem_size": 40}), ("kd-ema", {"mem_size": 40}), ("der-authors", {"mem_size": 40}),
+    ("er-ace", {"mem_size": 40}), ("replay", {"mem_size": 40}), ("kd-feature", {"mem_size": 40}),
+    ("kd-lwf", {}), ("naive", {}),
+])
+def test_a_run_stopped_between_two_epochs_resumes_there_to_the_uninterrupted_numbers(tmp_path, monkeypatch,
+                                                                                     method, args):
+    config = RunConfig("split-digits", method, epochs=3, eval_every=7, eval_ema_half_life=0.3, method_args=args,
+                       **SMALL)
+    uninterrupted = run(config)
+    ckpt = tmp_path / "run.ckpt"
+    interrupt_inside(monkeypatch, experience=2, epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, checkpoint=ckpt, checkpoint_every_s=0)  # a save at the start of every epoch but the first
+    monkeypatch.undo()
+    train_stream = make_stream("split-digits", seed=0, **SMALL).benchmark.train_stream
+    saved = read_checkpoint(epoch_checkpoint_path(ckpt), train_stream)["state"]
+    assert (saved["experience"], saved["epochs"]) == (2, 2)
+    assert read_checkpoint(ckpt, train_stream)["state"]["experiences"] == 2
+
+    resumed = run(config, checkpoint=ckpt, checkpoint_every_s=0)
+    assert resumed["resumed_at_experiences"] == [2]
+    for key in ("accuracy_matrix", "trained_weights", "curve", "diagnostics", "diverged_at_experience"):
+        assert resumed[key] == uninterrupted[key], key
+
+
+def test_avalanche_der_resumes_between_experiences_only(tmp_path, monkeypatch):
+    config = RunConfig("split-digits", "der", epochs=2, method_args={"mem_size": 40}, **SMALL)
+    ckpt = tmp_path / "run.ckpt"
+    interrupt_inside(monkeypatch, experience=2, epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, checkpoint=ckpt, checkpoint_every_s=0)
+    monkeypatch.undo()
+    assert ckpt.exists() and not epoch_checkpoint_path(ckpt).exists()
+    resumed = run(config, checkpoint=ckpt, checkpoint_every_s=0)
+    assert resumed["resumed_at_experiences"] == [2]
+    assert resumed["accuracy_matrix"] == run(config)["accuracy_matrix"]
+
+
+def test_no_save_between_epochs_before_the_interval_has_passed(tmp_path, monkeypatch):
+    config = RunConfig("split-digits", "kd-replay", epochs=3, method_args={"mem_size": 40}, **SMALL)
+    ckpt = tmp_path / "run.ckpt"
+    interrupt_inside(monkeypatch, experience=2, epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, checkpoint=ckpt, checkpoint_every_s=3600)
+    monkeypatch.undo()
+    assert ckpt.exists() and not epoch_checkpoint_path(ckpt).exists()
+    path, _ = run_to_file(config, tmp_path)  # another file: starts over, and leaves no checkpoint behind
+    assert not checkpoint_path(tmp_path, config).exists()
+    assert not epoch_checkpoint_path(checkpoint_path(tmp_path, config)).exists()
 
 def test_methods_that_cannot_checkpoint_run_from_the_start_and_finish(tmp_path, monkeypatch):
     for method in ("lwf", "ewc"):

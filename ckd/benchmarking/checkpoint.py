@@ -22,15 +22,17 @@ import contextvars
 import os
 import pickle
 import random
+import time
 import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from avalanche.benchmarks.utils.flat_data import FlatData
+from avalanche.core import SupervisedPlugin
 from avalanche.models.utils import avalanche_model_adaptation
 from avalanche.training import DER
 from avalanche.training.plugins import EvaluationPlugin
@@ -41,9 +43,15 @@ import ckd.distillation.pickling  # noqa: F401  (registers the rule that pickles
 from ckd.common.files import write_file_atomic
 
 __all__ = [
+    "EPOCH_CHECKPOINT_MINUTES",
+    "EpochCheckpoints",
     "RunCheckpoint",
     "checkpoint_refusal",
+    "epoch_checkpoint_path",
+    "epoch_checkpoint_refusal",
+    "epoch_state",
     "global_rng_state",
+    "load_epoch_state",
     "load_training_state",
     "read_checkpoint",
     "set_global_rng_state",
@@ -104,7 +112,11 @@ def load_training_state(strategy, state: dict[str, Any], finished: Sequence) -> 
     for experience in finished:
         avalanche_model_adaptation(strategy.model, experience)
         strategy.make_optimizer()
-    strategy.model.load_state_dict(state["model"])
+    _load_state(strategy, state)
+
+
+def _load_state(strategy, state: dict[str, Any]) -> None:
+    strategy.model.load_state_dict(state["model"])  # in place: what holds the model's tensors keeps them
     strategy.optimizer.load_state_dict(state["optimizer"])
     for plugin, (_, plugin_state) in zip(strategy.plugins, state["plugins"]):
         if isinstance(plugin, Clock):
@@ -114,6 +126,101 @@ def load_training_state(strategy, state: dict[str, Any], finished: Sequence) -> 
             plugin.load_state_dict(plugin_state)
     if state["storage_policy"] is not None:
         strategy.storage_policy = state["storage_policy"]
+
+
+# ------------------------------------------------------------ inside an experience
+# Save every 10 minutes (at the start of the first epoch after that) unless told otherwise.
+EPOCH_CHECKPOINT_MINUTES = 10.0
+
+
+def epoch_checkpoint_path(checkpoint: str | os.PathLike) -> Path:
+    """The file of the checkpoints inside an experience, beside the run's ``checkpoint``."""
+    return Path(checkpoint).with_suffix(".epoch.ckpt")
+
+
+def epoch_checkpoint_refusal(strategy) -> str | None:
+    """Why ``strategy`` cannot be checkpointed between the epochs of an experience, or ``None``:
+    Avalanche's ``DER`` draws its replay from one endless loader per experience, whose place
+    in the memory no state holds (its runs resume between experiences)."""
+    if isinstance(strategy, DER):
+        return "Avalanche's DER keeps its replay loader's place across epochs"
+    return checkpoint_refusal(strategy)
+
+
+class EpochCheckpoints(SupervisedPlugin):
+    """Checkpoints inside an experience of several epochs, for long experiences.
+
+    At the start of an epoch (the first one excepted), once ``every_s`` seconds have passed
+    since the last save (:meth:`saved` restarts the count), calls ``save(strategy, epochs)``
+    with the epochs done. It must be the strategy's first plugin, so that what it saves is
+    the state every other plugin's ``before_training_epoch`` starts from.
+
+    :meth:`resume_at` makes the experience about to be trained (started from the state saved
+    before it) resume from a state saved after ``epochs`` of its epochs: those epochs run
+    with no minibatch, then that state (:func:`load_epoch_state`) and the loader are put back.
+    """
+
+    def __init__(self, save: Callable[[Any, int], None], every_s: float) -> None:
+        super().__init__()
+        if not every_s >= 0:
+            raise ValueError(f"every_s must be >= 0 seconds, got {every_s!r}")
+        self.save = save
+        self.every_s = every_s
+        self._last_save = time.monotonic()
+        self._resume: tuple[int, dict[str, Any]] | None = None
+        self._loader = None
+
+    def saved(self) -> None:
+        """A checkpoint was written: count ``every_s`` from now."""
+        self._last_save = time.monotonic()
+
+    def resume_at(self, epochs: int, state: dict[str, Any]) -> None:
+        self._resume = (epochs, state)
+
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        epoch = strategy.clock.train_exp_epochs
+        if self._resume is not None:
+            epochs, state = self._resume
+            if self._loader is None:
+                self._loader = strategy.dataloader
+            if epoch < epochs:
+                strategy.dataloader = ()  # an epoch already trained
+                return
+            strategy.dataloader, self._loader, self._resume = self._loader, None, None
+            load_epoch_state(strategy, state)
+            self.saved()
+        elif epoch > 0 and time.monotonic() - self._last_save >= self.every_s:
+            self.save(strategy, epoch)
+            self.saved()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def epoch_state(strategy) -> dict[str, Any]:
+    """What :func:`load_epoch_state` puts back: :func:`training_state`, the global generators
+    and the data loader's own generator (ckd's tensor minibatches draw each epoch's order from it)."""
+    generator = getattr(strategy.dataloader, "generator", None)
+    return {
+        "training": training_state(strategy), "rng": global_rng_state(),
+        "loader": generator.get_state() if isinstance(generator, torch.Generator) else None,
+    }
+
+
+def load_epoch_state(strategy, state: dict[str, Any]) -> None:
+    """Put :func:`epoch_state` back into the strategy that saved it, at the same epoch of the
+    same experience (the model and optimizer in place, as every plugin's own state)."""
+    names = [type(p).__qualname__ for p in strategy.plugins]
+    saved = [name for name, _ in state["training"]["plugins"]]
+    if names != saved:
+        raise ValueError(f"the checkpoint's plugins {saved} are not this strategy's {names}")
+    _load_state(strategy, state["training"])
+    set_global_rng_state(state["rng"])
+    if state["loader"] is not None:
+        strategy.dataloader.generator.set_state(state["loader"])
 
 
 def _strategy_storage(strategy):

@@ -23,8 +23,13 @@ from avalanche.core import SupervisedPlugin
 
 import ckd
 from ckd.benchmarking.checkpoint import (
+    EPOCH_CHECKPOINT_MINUTES,
+    EpochCheckpoints,
     RunCheckpoint,
     checkpoint_refusal,
+    epoch_checkpoint_path,
+    epoch_checkpoint_refusal,
+    epoch_state,
     global_rng_state,
     load_training_state,
     set_global_rng_state,
@@ -94,6 +99,7 @@ def run(
     log_dir: str | os.PathLike | None = None,
     on_experience: Callable[[int, int, list[float]], None] | None = None,
     checkpoint: str | os.PathLike | None = None,
+    checkpoint_every_s: float | None = None,
 ) -> dict[str, Any]:
     """Train ``config.method`` over the stream and return the result record.
 
@@ -115,6 +121,10 @@ def run(
     result is that of an uninterrupted run. A checkpoint of other settings is ignored and
     replaced. Joint training, runs with loggers and methods whose Avalanche plugin has no
     ``state_dict`` (``lwf``, ``ewc``) write none and start from the beginning.
+    With several epochs per experience the run also saves between two epochs once
+    ``checkpoint_every_s`` seconds (default: ``$CKD_CHECKPOINT_MINUTES``, else 10 minutes)
+    have passed since its last save, into :func:`ckd.benchmarking.checkpoint.epoch_checkpoint_path`,
+    and resumes there (not Avalanche's ``DER``, which resumes between experiences).
     """
 
     device = torch.device(config.device)
@@ -182,7 +192,7 @@ def run(
     scores = Scores(evaluator)
     times = []
     diverged_at = None
-    saver = _run_checkpoint(checkpoint, config, strategy, train_stream, loggers)
+    saver, inside, between_epochs = _run_checkpoints(checkpoint, config, strategy, train_stream, loggers)
     saved = saver.load() if saver is not None else None
     done, earlier_wall, resumed_at = 0, 0.0, []
     if saved is not None:
@@ -192,9 +202,33 @@ def run(
         times, diverged_at, earlier_wall = saved["times"], saved["diverged_at"], saved["wall"]
         resumed_at = [*saved["resumed_at"], done]
         set_global_rng_state(saved["rng"])
+    saved_inside = inside.load() if inside is not None else None
+    trained_before = 0.0  # seconds of the experience `done` trained before a resume between two of its epochs
+    if saved_inside is not None and saved_inside["experience"] == done:
+        epochs = saved_inside["epochs"]
+        between_epochs.resume_at(epochs, saved_inside["state"])
+        trained_before, earlier_wall = saved_inside["trained"], saved_inside["wall"]
+        resumed_at = [*saved_inside["resumed_at"], done]
         if bar is not None:
-            bar.update(sum(iterations[:done]))
+            bar.update(iterations[done] // config.epochs * epochs)
+    if bar is not None:
+        bar.update(sum(iterations[:done]))
     start = time.perf_counter()
+    t0 = start
+    if inside is not None:
+        every_s = checkpoint_every_s
+        if every_s is None:
+            every_s = 60 * float(os.environ.get("CKD_CHECKPOINT_MINUTES", EPOCH_CHECKPOINT_MINUTES))
+
+        def save_inside(strategy, epochs: int) -> None:
+            inside.save({
+                "experience": strategy.clock.train_exp_counter, "epochs": epochs, "state": epoch_state(strategy),
+                "trained": trained_before + time.perf_counter() - t0,
+                "wall": earlier_wall + time.perf_counter() - start, "resumed_at": resumed_at,
+            })
+
+        between_epochs.save, between_epochs.every_s = save_inside, every_s
+        between_epochs.saved()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="avalanche")
@@ -218,7 +252,8 @@ def run(
                     strategy.train(experience)
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
-                    times.append(time.perf_counter() - t0)
+                    times.append(trained_before + time.perf_counter() - t0)
+                    trained_before = 0.0
                     row = scores.add(strategy)
                     if on_experience is not None:
                         on_experience(i, n_exp, row)
@@ -232,6 +267,9 @@ def run(
                             "scores": scores.state_dict(), "times": times, "diverged_at": diverged_at,
                             "wall": earlier_wall + time.perf_counter() - start, "resumed_at": resumed_at,
                         })
+                        if inside is not None:
+                            inside.path.unlink(missing_ok=True)  # of the experience just saved whole
+                            between_epochs.saved()
     finally:
         if bar is not None:
             bar.close()
@@ -249,16 +287,24 @@ def run(
     )
 
 
-def _run_checkpoint(path, config: RunConfig, strategy, train_stream, loggers) -> Any:
-    """The run's :class:`ckd.benchmarking.checkpoint.RunCheckpoint` at ``path``, or ``None`` when it writes none."""
+def _run_checkpoints(path, config: RunConfig, strategy, train_stream, loggers) -> tuple[Any, Any, Any]:
+    """The run's checkpoints at ``path`` (:class:`ckd.benchmarking.checkpoint.RunCheckpoint`):
+    between experiences, and between epochs, each ``None`` when the run writes none. The
+    latter puts an :class:`ckd.benchmarking.checkpoint.EpochCheckpoints` first among the
+    strategy's plugins (it saves nothing until the runner gives it its ``save``), returned third."""
 
     if path is None or loggers or config.method == "joint" or checkpoint_refusal(strategy) is not None:
-        return None
+        return None, None, None
+    between_epochs = None
+    if config.epochs > 1 and epoch_checkpoint_refusal(strategy) is None:
+        between_epochs = EpochCheckpoints(lambda strategy, epochs: None, every_s=0.0)
+        strategy.plugins.insert(0, between_epochs)
     key = {
         "config": json.loads(json.dumps(config.resolved())), "versions": _versions(),
         "plugins": [type(p).__qualname__ for p in strategy.plugins],  # the code that builds the strategy
     }
-    return RunCheckpoint(path, key, train_stream)
+    inside = None if between_epochs is None else RunCheckpoint(epoch_checkpoint_path(path), key, train_stream)
+    return RunCheckpoint(path, key, train_stream), inside, between_epochs
 
 
 def result_record(
@@ -350,7 +396,8 @@ def run_to_file(
     path = result_path(out_dir, config)
     ckpt = checkpoint_path(out_dir, config)
     if skip_existing and has_result(out_dir, config):
-        ckpt.unlink(missing_ok=True)  # left by a run stopped between writing its result and this
+        for left in (ckpt, epoch_checkpoint_path(ckpt)):  # by a run stopped between writing its result and this
+            left.unlink(missing_ok=True)
         return path, False
     log_dir = Path(out_dir) / "logs" / path.stem
     if loggers:
@@ -358,7 +405,8 @@ def run_to_file(
     result = run(config, data_root=data_root, progress=progress, loggers=loggers, log_dir=log_dir,
                  checkpoint=ckpt if checkpoints else None)
     write_json_atomic(path, result)
-    ckpt.unlink(missing_ok=True)
+    for done in (ckpt, epoch_checkpoint_path(ckpt)):
+        done.unlink(missing_ok=True)
     return path, True
 
 

@@ -113,8 +113,14 @@ class EMAWeights:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model, self.decay = state["model"], state["decay"]
-        self._pairs, self._copies = ([], []), ([], [])
+        """Put ``state`` back; into the average's own tensors when it has the same ones, so that a
+        pairing made this experience still holds (a run resumed between two epochs)."""
+        model, self.decay = state["model"], state["decay"]
+        if self.model is not None and model is not None and _same_tensors(self.model, model):
+            self.model.load_state_dict(model.state_dict())
+        else:
+            self.model = model
+            self._pairs, self._copies = ([], []), ([], [])
         self._generator = None
         if state["generator"] is not None:
             device, rng_state = state["generator"]
@@ -130,3 +136,10 @@ class EMAWeights:
         generator = state.pop("_generator")
         self.__dict__.update(state)
         self.load_state_dict({"model": self.model, "decay": self.decay, "generator": generator})
+
+
+def _same_tensors(a: nn.Module, b: nn.Module) -> bool:
+    mine, theirs = a.state_dict(), b.state_dict()
+    return mine.keys() == theirs.keys() and all(
+        mine[k].shape == theirs[k].shape and mine[k].dtype == theirs[k].dtype for k in mine
+    )
