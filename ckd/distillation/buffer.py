@@ -218,6 +218,8 @@ class ReplayBuffer:
         new_groups = torch.stack([torch.full_like(new_classes, experience), new_classes], dim=1)
         groups = torch.unique(torch.cat([old_groups, new_groups]), dim=0)  # sorted by (exp, class)
         n_groups = groups.shape[0]
+        if n_groups == 0:  # nothing held, nothing offered
+            return RefillPlan(y[:0], groups, y[:0])
         quota = torch.full((n_groups,), self.mem_size // n_groups, dtype=torch.long, device=self.device)
         quota[: self.mem_size % n_groups] += 1
         # Old members keep their places up to the quota; new candidates, in random
