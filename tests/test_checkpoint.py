@@ -111,11 +111,7 @@ def test_a_run_stopped_between_two_epochs_resumes_there_to_the_uninterrupted_num
     config = RunConfig("split-digits", method, epochs=3, eval_every=7, eval_ema_half_life=0.3, method_args=args,
                        **SMALL)
     uninterrupted = run(config)
-    ckpt = tmp_path / "run.ckpt"
-    interrupt_inside(monkeypatch, experience=2, epoch=2)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, checkpoint=ckpt, checkpoint_every_s=0)  # a save at the start of every epoch but the first
-    monkeypatch.undo()
+    ckpt = _stopped_inside(monkeypatch, config, tmp_path / "run.ckpt", epoch=2, every_s=0)  # saves every epoch but the first
     train_stream = make_stream("split-digits", seed=0, **SMALL).benchmark.train_stream
     saved = read_checkpoint(epoch_checkpoint_path(ckpt), train_stream)["state"]
     assert (saved["experience"], saved["epochs"]) == (2, 2)
@@ -129,11 +125,7 @@ def test_a_run_stopped_between_two_epochs_resumes_there_to_the_uninterrupted_num
 
 def test_avalanche_der_resumes_between_experiences_only(tmp_path, monkeypatch):
     config = RunConfig("split-digits", "der", epochs=2, method_args={"mem_size": 40}, **SMALL)
-    ckpt = tmp_path / "run.ckpt"
-    interrupt_inside(monkeypatch, experience=2, epoch=1)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, checkpoint=ckpt, checkpoint_every_s=0)
-    monkeypatch.undo()
+    ckpt = _stopped_inside(monkeypatch, config, tmp_path / "run.ckpt", epoch=1, every_s=0)
     assert ckpt.exists() and not epoch_checkpoint_path(ckpt).exists()
     resumed = run(config, checkpoint=ckpt, checkpoint_every_s=0)
     assert resumed["resumed_at_experiences"] == [2]
@@ -142,15 +134,21 @@ def test_avalanche_der_resumes_between_experiences_only(tmp_path, monkeypatch):
 
 def test_no_save_between_epochs_before_the_interval_has_passed(tmp_path, monkeypatch):
     config = RunConfig("split-digits", "kd-replay", epochs=3, method_args={"mem_size": 40}, **SMALL)
-    ckpt = tmp_path / "run.ckpt"
-    interrupt_inside(monkeypatch, experience=2, epoch=2)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, checkpoint=ckpt, checkpoint_every_s=3600)
-    monkeypatch.undo()
+    ckpt = _stopped_inside(monkeypatch, config, tmp_path / "run.ckpt", epoch=2, every_s=3600)
     assert ckpt.exists() and not epoch_checkpoint_path(ckpt).exists()
     path, _ = run_to_file(config, tmp_path)  # another file: starts over, and leaves no checkpoint behind
     assert not checkpoint_path(tmp_path, config).exists()
     assert not epoch_checkpoint_path(checkpoint_path(tmp_path, config)).exists()
+
+
+def _stopped_inside(monkeypatch, config, ckpt: Path, *, epoch: int, every_s: float) -> Path:
+    """Run ``config`` with its checkpoint at ``ckpt``, stopped inside epoch ``epoch`` of experience 2."""
+    interrupt_inside(monkeypatch, experience=2, epoch=epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, checkpoint=ckpt, checkpoint_every_s=every_s)
+    monkeypatch.undo()
+    return ckpt
+
 
 def test_methods_that_cannot_checkpoint_run_from_the_start_and_finish(tmp_path, monkeypatch):
     for method in ("lwf", "ewc"):
