@@ -189,7 +189,6 @@ def test_class_balanced_refill_with_the_same_experience_again_stays_within_quota
         assert torch.bincount(buf.y, minlength=4).tolist() == [10, 10, 10, 10]
 
 
-
 def test_class_balanced_refill_of_an_empty_buffer_with_an_empty_experience_keeps_it_empty():
     buf = ReplayBuffer(40, "class_balanced", seed=0)
     plan = buf.class_balanced_select(torch.zeros(0, dtype=torch.long), 0)
@@ -198,6 +197,7 @@ def test_class_balanced_refill_of_an_empty_buffer_with_an_empty_experience_keeps
     assert buf.is_empty
     _class_balanced_update(buf, torch.arange(0, 2).repeat(100), 1)  # and fills as usual afterwards
     assert torch.bincount(buf.y, minlength=2).tolist() == [20, 20]
+
 
 def _seed_batches(n_batches: int, n: int, n_buffers: int = 3, feature_dim: int = 2):
     """Stream minibatches ``x (S, n, feature_dim)``, ``y``, ``task (S, n)``, different for every buffer."""

@@ -74,7 +74,6 @@ def test_every_checkpointed_method_resumes_to_the_uninterrupted_numbers(tmp_path
     assert len(resumed["wall_time_per_experience_s"]) == 5
 
 
-
 @pytest.mark.slow
 def test_a_run_killed_between_two_epochs_resumes_to_the_uninterrupted_numbers(tmp_path):
     args = {"mem_size": 60}
@@ -100,6 +99,7 @@ def test_a_run_killed_between_two_epochs_resumes_to_the_uninterrupted_numbers(tm
     uninterrupted = run(config_from_result(resumed))
     for key in ("accuracy_matrix", "trained_weights", "task_il_accuracy_matrix", "diagnostics"):
         assert resumed[key] == uninterrupted[key], key
+
 
 @pytest.mark.parametrize("method, args", [
     ("kd-replay", {"mem_size": 40}), ("kd-ema", {"mem_size": 40}), ("der-authors", {"mem_size": 40}),
