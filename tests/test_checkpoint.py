@@ -141,6 +141,18 @@ def test_no_save_between_epochs_before_the_interval_has_passed(tmp_path, monkeyp
     assert not epoch_checkpoint_path(checkpoint_path(tmp_path, config)).exists()
 
 
+@pytest.mark.parametrize("minutes", ["ten", "-1", "nan", "inf"])
+def test_a_bad_checkpoint_interval_is_refused_in_one_line_before_training(tmp_path, monkeypatch, minutes):
+    config = RunConfig("split-digits", "kd-replay", epochs=2, method_args={"mem_size": 40}, **SMALL)
+    monkeypatch.setenv("CKD_CHECKPOINT_MINUTES", minutes)
+    with pytest.raises(ValueError, match=f"^CKD_CHECKPOINT_MINUTES must be a number of minutes >= 0, got '{minutes}'$"):
+        run_to_file(config, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no result, no checkpoint
+    monkeypatch.delenv("CKD_CHECKPOINT_MINUTES")
+    with pytest.raises(ValueError, match="checkpoint interval must be a number of seconds >= 0, got -5"):
+        run(config, checkpoint=tmp_path / "run.ckpt", checkpoint_every_s=-5)
+
+
 def _stopped_inside(monkeypatch, config, ckpt: Path, *, epoch: int, every_s: float) -> Path:
     """Run ``config`` with its checkpoint at ``ckpt``, stopped inside epoch ``epoch`` of experience 2."""
     interrupt_inside(monkeypatch, experience=2, epoch=epoch)

@@ -19,6 +19,7 @@ torch's optimizers, whose classes it otherwise copies by value and fails on.
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 import pickle
 import random
@@ -45,6 +46,7 @@ from ckd.common.files import write_file_atomic
 __all__ = [
     "EPOCH_CHECKPOINT_MINUTES",
     "EpochCheckpoints",
+    "checkpoint_interval_s",
     "RunCheckpoint",
     "checkpoint_refusal",
     "epoch_checkpoint_path",
@@ -103,16 +105,20 @@ def load_training_state(strategy, state: dict[str, Any], finished: Sequence) -> 
     """Put ``training_state`` into a strategy built as the saved one was, after the
     experiences ``finished``: the model is adapted to them first (a growing head grows), and
     the optimizer keeps the loaded momentum at the next experience."""
-    names = [type(p).__qualname__ for p in strategy.plugins]
-    saved = [name for name, _ in state["plugins"]]
-    if names != saved:
-        raise ValueError(f"the checkpoint's plugins {saved} are not this strategy's {names}")
+    _check_plugins(strategy, state)
     strategy.model.to(strategy.device)  # before the optimizer's state is loaded onto its parameters
     strategy.make_optimizer(reset_optimizer_state=True)  # what the first experience does
     for experience in finished:
         avalanche_model_adaptation(strategy.model, experience)
         strategy.make_optimizer()
     _load_state(strategy, state)
+
+
+def _check_plugins(strategy, state: dict[str, Any]) -> None:
+    names = [type(p).__qualname__ for p in strategy.plugins]
+    saved = [name for name, _ in state["plugins"]]
+    if names != saved:
+        raise ValueError(f"the checkpoint's plugins {saved} are not this strategy's {names}")
 
 
 def _load_state(strategy, state: dict[str, Any]) -> None:
@@ -131,6 +137,20 @@ def _load_state(strategy, state: dict[str, Any]) -> None:
 # ------------------------------------------------------------ inside an experience
 # Save every 10 minutes (at the start of the first epoch after that) unless told otherwise.
 EPOCH_CHECKPOINT_MINUTES = 10.0
+
+
+def checkpoint_interval_s() -> float:
+    """Seconds between two saves inside an experience: ``$CKD_CHECKPOINT_MINUTES``, else 10 minutes."""
+    text = os.environ.get("CKD_CHECKPOINT_MINUTES")
+    if text is None:
+        return 60 * EPOCH_CHECKPOINT_MINUTES
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not minutes >= 0 or minutes == math.inf:
+        raise ValueError(f"CKD_CHECKPOINT_MINUTES must be a number of minutes >= 0, got {text!r}")
+    return 60 * minutes
 
 
 def epoch_checkpoint_path(checkpoint: str | os.PathLike) -> Path:
@@ -155,20 +175,27 @@ class EpochCheckpoints(SupervisedPlugin):
     with the epochs done. It must be the strategy's first plugin, so that what it saves is
     the state every other plugin's ``before_training_epoch`` starts from.
 
-    :meth:`resume_at` makes the experience about to be trained (started from the state saved
-    before it) resume from a state saved after ``epochs`` of its epochs: those epochs run
-    with no minibatch, then that state (:func:`load_epoch_state`) and the loader are put back.
+    It saves nothing until :meth:`start` gives it ``save`` and ``every_s`` (the runner
+    does once the checkpoint files are known). :meth:`resume_at` makes the experience about
+    to be trained (started from the state saved before it) resume from a state saved after
+    ``epochs`` of its epochs: those epochs run with no minibatch, then that state
+    (:func:`load_epoch_state`) and the loader are put back.
     """
 
-    def __init__(self, save: Callable[[Any, int], None], every_s: float) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        if not every_s >= 0:
-            raise ValueError(f"every_s must be >= 0 seconds, got {every_s!r}")
-        self.save = save
-        self.every_s = every_s
+        self._save: Callable[[Any, int], None] | None = None
+        self.every_s = math.inf
         self._last_save = time.monotonic()
         self._resume: tuple[int, dict[str, Any]] | None = None
         self._loader = None
+
+    def start(self, save: Callable[[Any, int], None], every_s: float) -> None:
+        """From now on, call ``save(strategy, epochs)`` once ``every_s`` seconds have passed."""
+        if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or not every_s >= 0:
+            raise ValueError(f"the checkpoint interval must be a number of seconds >= 0, got {every_s!r}")
+        self._save, self.every_s = save, float(every_s)
+        self.saved()
 
     def saved(self) -> None:
         """A checkpoint was written: count ``every_s`` from now."""
@@ -189,8 +216,8 @@ class EpochCheckpoints(SupervisedPlugin):
             strategy.dataloader, self._loader, self._resume = self._loader, None, None
             load_epoch_state(strategy, state)
             self.saved()
-        elif epoch > 0 and time.monotonic() - self._last_save >= self.every_s:
-            self.save(strategy, epoch)
+        elif self._save is not None and epoch > 0 and time.monotonic() - self._last_save >= self.every_s:
+            self._save(strategy, epoch)
             self.saved()
 
     def state_dict(self) -> dict:
@@ -213,10 +240,7 @@ def epoch_state(strategy) -> dict[str, Any]:
 def load_epoch_state(strategy, state: dict[str, Any]) -> None:
     """Put :func:`epoch_state` back into the strategy that saved it, at the same epoch of the
     same experience (the model and optimizer in place, as every plugin's own state)."""
-    names = [type(p).__qualname__ for p in strategy.plugins]
-    saved = [name for name, _ in state["training"]["plugins"]]
-    if names != saved:
-        raise ValueError(f"the checkpoint's plugins {saved} are not this strategy's {names}")
+    _check_plugins(strategy, state["training"])
     _load_state(strategy, state["training"])
     set_global_rng_state(state["rng"])
     if state["loader"] is not None:

@@ -23,9 +23,9 @@ from avalanche.core import SupervisedPlugin
 
 import ckd
 from ckd.benchmarking.checkpoint import (
-    EPOCH_CHECKPOINT_MINUTES,
     EpochCheckpoints,
     RunCheckpoint,
+    checkpoint_interval_s,
     checkpoint_refusal,
     epoch_checkpoint_path,
     epoch_checkpoint_refusal,
@@ -216,9 +216,7 @@ def run(
     start = time.perf_counter()
     t0 = start
     if inside is not None:
-        every_s = checkpoint_every_s
-        if every_s is None:
-            every_s = 60 * float(os.environ.get("CKD_CHECKPOINT_MINUTES", EPOCH_CHECKPOINT_MINUTES))
+        every_s = checkpoint_interval_s() if checkpoint_every_s is None else checkpoint_every_s
 
         def save_inside(strategy, epochs: int) -> None:
             inside.save({
@@ -227,8 +225,7 @@ def run(
                 "wall": earlier_wall + time.perf_counter() - start, "resumed_at": resumed_at,
             })
 
-        between_epochs.save, between_epochs.every_s = save_inside, every_s
-        between_epochs.saved()
+        between_epochs.start(save_inside, every_s)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="avalanche")
@@ -297,7 +294,7 @@ def _run_checkpoints(path, config: RunConfig, strategy, train_stream, loggers) -
         return None, None, None
     between_epochs = None
     if config.epochs > 1 and epoch_checkpoint_refusal(strategy) is None:
-        between_epochs = EpochCheckpoints(lambda strategy, epochs: None, every_s=0.0)
+        between_epochs = EpochCheckpoints()
         strategy.plugins.insert(0, between_epochs)
     key = {
         "config": json.loads(json.dumps(config.resolved())), "versions": _versions(),
