@@ -1,4 +1,7 @@
+from types import SimpleNamespace
+
 import pytest
+import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
@@ -90,3 +93,31 @@ def test_lwf_alone_adds_its_term_once_the_student_leaves_its_teacher(digits):
     # First step of experience 1: the student is still the snapshot, so KL(teacher || student) = 0.
     assert added[first] == pytest.approx(0.0, abs=1e-6)
     assert min(added[first + 1:]) >= 0.0 and max(added[first + 1:]) > 1e-3
+
+
+@pytest.mark.parametrize("known_classes_only", [True, False])
+def test_current_distillation_on_known_or_on_every_output_against_a_hand_computed_kl(digits, known_classes_only):
+    model = _mlp()
+    lwf = CurrentDistillationPlugin(alpha=0.5, temperature=3.0, known_classes_only=known_classes_only)
+    _train(_strategy(model, [lwf], epochs=1), digits, experiences={0})
+    lwf._alpha = 0.5
+    known = sorted(digits.benchmark.train_stream[0].classes_in_this_experience)
+    new = digits.benchmark.test_stream[1].dataset
+    x = torch.stack([new[i][0] for i in range(4)])  # samples of new classes
+    student = torch.randn(4, 10)
+    strategy = SimpleNamespace(mb_x=x, mb_task_id=torch.zeros(4, dtype=torch.long), mb_output=student,
+                               loss=torch.tensor(0.0))
+    lwf.before_backward(strategy)
+    with torch.no_grad():
+        teacher = model(x)  # the snapshot is the model as experience 0 left it
+    columns = known if known_classes_only else list(range(10))
+    p_t = torch.softmax(teacher[:, columns] / 3.0, dim=1)
+    log_p_s = torch.log_softmax(student[:, columns] / 3.0, dim=1)
+    expected = 0.5 * 9.0 * (p_t * (p_t.log() - log_p_s)).sum(dim=1).mean()
+    assert float(strategy.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert len(known) < 10
+
+
+def test_current_distillation_refuses_a_non_boolean_class_choice():
+    with pytest.raises(ValueError, match="known_classes_only must be true or false, got 'all'"):
+        CurrentDistillationPlugin(known_classes_only="all")

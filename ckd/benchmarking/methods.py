@@ -56,7 +56,8 @@ def _kd_defaults() -> dict[str, Any]:
 # (Scoring with an EMA of the weights is a run setting for every method: RunConfig.eval_ema_half_life.)
 # known_classes_only, current_experience_targets, n_teachers, ensemble, ema_half_life: the teacher part's.
 # logit_weight > 0: MSE on the replayed logits (LogitMatchingPlugin).
-# current_alpha > 0: distillation on the current samples (CurrentDistillationPlugin).
+# current_alpha > 0: distillation on the current samples (CurrentDistillationPlugin), on the teacher's
+# known classes (current_known_classes_only) or on every output.
 # current_classes_only: ER-ACE's asymmetric CE (AsymmetricCrossEntropyPlugin).
 # weight_aligning: rescale the new classes' output rows after each experience (WeightAligningPlugin).
 _PART_DEFAULTS: dict[str, Any] = {
@@ -66,6 +67,7 @@ _PART_DEFAULTS: dict[str, Any] = {
     "ema_half_life": EMA_HALF_LIFE,
     "logit_weight": 0.0,
     "current_alpha": 0.0,
+    "current_known_classes_only": True,
     "current_classes_only": False,
     "weight_aligning": False,
     "current_experience_targets": False,
@@ -203,7 +205,8 @@ def _kd_plugins(method: str, args: dict[str, Any]) -> list:
     if args["current_classes_only"]:
         plugins.append(AsymmetricCrossEntropyPlugin())
     if args["current_alpha"]:
-        plugins.append(CurrentDistillationPlugin(alpha=args["current_alpha"], temperature=args["temperature"], kd=kd))
+        plugins.append(CurrentDistillationPlugin(alpha=args["current_alpha"], temperature=args["temperature"], kd=kd,
+                                                 known_classes_only=args["current_known_classes_only"]))
     return plugins
 
 

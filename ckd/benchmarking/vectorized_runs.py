@@ -49,8 +49,8 @@ _KD_SETTINGS = {"mem_size", "replay_batch_size", "alpha", "temperature", "beta",
                 "known_classes_only", "ensemble", "ema_half_life", "current_experience_targets"}
 
 
-_KD_FIXED = {"n_teachers": 1, "logit_weight": 0.0, "current_alpha": 0.0, "current_classes_only": False,
-             "weight_aligning": False}
+_KD_FIXED = {"n_teachers": 1, "logit_weight": 0.0, "current_alpha": 0.0, "current_known_classes_only": True,
+             "current_classes_only": False, "weight_aligning": False}
 
 
 _TEACHERS = ("snapshot", "cached", "own", "ema")

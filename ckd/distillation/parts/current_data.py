@@ -27,12 +27,15 @@ class CurrentDistillationPlugin(SupervisedPlugin):
 
     kd: share the teacher of a :class:`KDReplayPlugin` in the same strategy (before or
     after this plugin); without one the plugin keeps its own snapshot. alpha may be
-    one value per experience. ``teacher`` and ``temperature`` make it a
-    :class:`ckd.distillation.diagnostics.Distiller`.
+    one value per experience. ``known_classes_only=False`` distils every output, the
+    current experience's classes too: with an EMA teacher (``kd``'s ``teacher="ema"``)
+    that is momentum knowledge distillation on the incoming rows (Michel et al., 2024).
+    ``teacher`` and ``temperature`` make it a :class:`ckd.distillation.diagnostics.Distiller`.
     """
 
     def __init__(
-        self, *, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0, kd: KDReplayPlugin | None = None
+        self, *, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0, kd: KDReplayPlugin | None = None,
+        known_classes_only: bool = True,
     ) -> None:
         super().__init__()
         if not _is_number(temperature):
@@ -49,9 +52,12 @@ class CurrentDistillationPlugin(SupervisedPlugin):
                 raise ValueError(f"alpha must be a number >= 0, got {value!r}")
             if not value >= 0:
                 raise ValueError(f"alpha must be >= 0, got {value}")
+        if not isinstance(known_classes_only, bool):
+            raise ValueError(f"known_classes_only must be true or false, got {known_classes_only!r}")
         self.alpha = alpha
         self.temperature = temperature
         self.kd = kd
+        self.known_classes_only = known_classes_only
         self.own = SnapshotTeacher() if kd is None else None
         self.seen_classes = torch.zeros(0, 0, dtype=torch.bool)
         self._alpha = 0.0
@@ -97,7 +103,7 @@ class CurrentDistillationPlugin(SupervisedPlugin):
         logits = self.kd.current_logits if self.kd is not None else strategy.mb_output
         x, t = strategy.mb_x, strategy.mb_task_id
         teacher_logits, _ = teacher.logits(x, t)
-        mask = teacher.known_class_mask(t, teacher_logits.shape[1])
+        mask = teacher.known_class_mask(t, teacher_logits.shape[1]) if self.known_classes_only else None
         strategy.loss += self._alpha * soft_kl(logits, teacher_logits, self.temperature, mask)
 
 
