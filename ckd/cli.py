@@ -69,7 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=float, default=None)
     r.add_argument("--batch-size", type=int, default=None)
     r.add_argument("--model", default=None,
-                   help="mlp, cnn, resnet18, reduced-resnet18 or package.module:function (default: the stream's)")
+                   help="mlp, cnn, resnet18, reduced-resnet18, reduced-resnet18-cosine or package.module:function (default: the stream's)")
     r.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision (default: float32)")
     r.add_argument("--no-augmentation", action="store_true", help="train without the stream's crop and flip")
     r.add_argument("--eval-ema", type=float, default=None, metavar="HALF_LIFE",

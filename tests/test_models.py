@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ckd.data.models import ResNet18, make_model
+from ckd.data.models import CosineLinear, ResNet18, make_model
 from ckd.distillation.parts.feature_distillation import PENULTIMATE, _capture
 
 
@@ -37,6 +37,22 @@ def test_resnet18_on_tiny_imagenet_and_one_channel_inputs():
     assert gray.conv1.in_channels == 1 and gray(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="input_shape"):
         make_model("resnet18", (784,), 10)
+
+
+def test_cosine_head_scores_scaled_cosines_and_ignores_the_features_norm():
+    torch.manual_seed(0)
+    model = make_model("reduced-resnet18-cosine", (3, 32, 32), 10)
+    head = model.linear
+    assert isinstance(head, CosineLinear) and not hasattr(head, "bias") and head.weight.shape == (10, 160)
+    x = torch.randn(3, 160)
+    w = head.weight.detach()
+    by_hand = torch.stack([torch.stack([10 * (x[i] @ w[c]) / (x[i].norm() * w[c].norm()) for c in range(10)])
+                           for i in range(3)])
+    assert torch.allclose(head(x), by_hand, atol=1e-5)
+    assert torch.allclose(head(7.0 * x), head(x), atol=1e-5)
+    assert model(torch.randn(2, 3, 32, 32)).abs().max() <= 10.0 + 1e-4
+    linear = make_model("reduced-resnet18", (3, 32, 32), 10)  # the same trunk, nf = 20
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in linear.parameters()) - 10
 
 
 def test_shortcuts_project_only_where_the_shape_changes():

@@ -9,7 +9,10 @@ from torch.nn import functional as F
 
 from ckd.data.user_code import call_with_accepted, is_reference, load_callable
 
-__all__ = ["MODELS", "ResNet18", "make_model", "mlp", "reduced_resnet18", "resnet18", "small_cnn"]
+__all__ = [
+    "MODELS", "CosineLinear", "ResNet18", "make_model", "mlp", "reduced_resnet18", "reduced_resnet18_cosine",
+    "resnet18", "small_cnn",
+]
 
 
 def mlp(input_shape: tuple[int, ...], n_classes: int, hidden: int = 100) -> nn.Module:
@@ -114,7 +117,31 @@ def reduced_resnet18(input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     return resnet18(input_shape, n_classes, nf=20)
 
 
-MODELS = {"mlp": mlp, "cnn": small_cnn, "resnet18": resnet18, "reduced-resnet18": reduced_resnet18}
+class CosineLinear(nn.Module):
+    """A cosine-similarity head: ``scale · cos(x, w_c)`` for each class ``c``, no bias (the
+    ``distLinear`` head of the ER-ACE authors' code, scale 10). Input ``(B, in_features)``."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 10.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(nn.Linear(in_features, out_features, bias=False).weight.detach().clone())
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+
+def reduced_resnet18_cosine(input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """:func:`reduced_resnet18` with a :class:`CosineLinear` head (scale 10): the model the
+    ER-ACE authors' code trains ER-ACE with (their ER keeps the linear head)."""
+    model = reduced_resnet18(input_shape, n_classes)
+    model.linear = CosineLinear(model.linear.in_features, n_classes)
+    return model
+
+
+MODELS = {
+    "mlp": mlp, "cnn": small_cnn, "resnet18": resnet18, "reduced-resnet18": reduced_resnet18,
+    "reduced-resnet18-cosine": reduced_resnet18_cosine,
+}
 
 
 def make_model(name: str, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
