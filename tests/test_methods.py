@@ -63,6 +63,15 @@ def test_methods_compose_the_parts_their_settings_name(method, overrides, parts,
     assert (type(kd.teacher_part).__name__ if kd else None) == teacher
 
 
+@pytest.mark.parametrize("known", [True, False])
+def test_the_current_rows_distil_from_the_kd_teacher_on_its_known_classes_or_on_every_output(known):
+    names, strategy = _plugins("kd-replay", teacher="ema", current_alpha=0.3, current_known_classes_only=known)
+    kd, current = (next(p for p in strategy.plugins if type(p).__name__ == n)
+                   for n in ("KDReplayPlugin", "CurrentDistillationPlugin"))
+    assert current.kd is kd and current.alpha == 0.3 and current.known_classes_only is known
+    assert type(kd.teacher_part).__name__ == "EMATeacher"
+
+
 def test_eval_ema_is_a_run_setting_not_a_method_setting():
     with pytest.raises(ValueError, match="eval_ema_half_life is a run setting"):
         resolve_method_args("kd-replay", {"eval_ema_half_life": 0.3})
