@@ -133,6 +133,7 @@ def test_split_cifar10_reads_the_jpeg_copy(jpeg_slice):
             names = [f"cifar10-jpeg/{split}/{CLASSES[label]}/{k:04d}.jpg" for label in (2 * i, 2 * i + 1) for k in range(n)]
             assert np.array_equal(as_bytes(stream, x), np.stack([pillow(members[name]) for name in names]))
     assert make_stream("split-cifar10", data_root=root, checksum=False, task_labels=True).scenario == "task-il"
+    assert stream.data_files == str((root / JPEG).resolve())  # results record which copy they read
 
 
 def test_jpeg_counts_are_checked_against_what_is_expected(jpeg_slice):
@@ -187,8 +188,10 @@ def test_torchvision_batches_are_preferred_to_the_jpeg_copy(jpeg_slice, tmp_path
     (tmp_path / JPEG).parent.mkdir(parents=True)
     shutil.copyfile(jpeg_slice[0] / JPEG, tmp_path / JPEG)
     write_cifar10(tmp_path, train_per_class=3, test_per_class=2)
-    x, _, _ = make_stream("split-cifar10", data_root=tmp_path, checksum=False).test_tensors(0)
+    stream = make_stream("split-cifar10", data_root=tmp_path, checksum=False)
+    x, _, _ = stream.test_tensors(0)
     assert x.shape == (4, 3, 32, 32)  # 2 test images per class: the batches', not the 5 of the JPEG slice
+    assert stream.data_files == str((tmp_path / "cifar-10-batches-py").resolve())
 
 
 def test_an_image_of_the_wrong_size_is_refused(tmp_path, cache_dir):

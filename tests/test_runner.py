@@ -178,6 +178,7 @@ def test_cli_runs_split_mnist_from_the_data_root(tmp_path, mnist_root):
     result = json.loads(next(out.glob("*.json")).read_text())
     assert result["stream"] == "split-mnist" and len(result["accuracy_matrix"]) == 5
     assert result["final_average_accuracy"] > 0.6
+    assert result["data_files"] == str((mnist_root / "MNIST" / "raw").resolve())
 
 
 def test_cli_rejects_a_setting_no_method_has(tmp_path, capsys):
@@ -277,6 +278,7 @@ def test_cli_eval_ema_and_no_augmentation_reach_the_config(tmp_path):
                  "--no-augmentation", "--out", str(out), "--quiet"]) == 0
     result = json.loads(next(out.glob("*.json")).read_text())
     assert result["scored_model"] == "model" and result["trained_weights"] is None
+    assert result["data_files"] is None  # scikit-learn's digits are built in memory
     assert "eval_ema_half_life" not in result["config"] and result["config"]["augmentation"] is False
     assert main(["run", "--stream", "split-digits", "--method", "naive", "--epochs", "1", "--eval-ema", "0.5",
                  "--out", str(tmp_path / "e"), "--quiet"]) == 0

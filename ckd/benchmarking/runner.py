@@ -347,6 +347,7 @@ def result_record(
         "label": config.name,
         "seed": config.seed,
         "scenario": stream.scenario,
+        "data_files": stream.data_files or None,
         "config": config.resolved(),
         "experience_classes": stream.classes_per_experience,
         "accuracy_matrix": matrix,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -95,7 +95,8 @@ class PixelSource:
 
     ``pixels (N, P + 1)`` uint8 with a last column of zeros (the fill pixel a
     rotation maps to), ``labels (N,)`` int64, ``scale``: the value of a white pixel,
-    ``normalization``: applied after dividing by ``scale`` (``None``: none).
+    ``normalization``: applied after dividing by ``scale`` (``None``: none),
+    ``origin``: the file or folder it was decoded from (``""``: data built in memory).
     """
 
     pixels: Tensor
@@ -103,6 +104,7 @@ class PixelSource:
     image_shape: tuple[int, ...]
     scale: float
     normalization: Normalization | None = None
+    origin: str = ""
 
     @property
     def n_pixels(self) -> int:
@@ -129,12 +131,14 @@ def _as_source(
 
 
 def cached_sources(folder: Path, checksum: bool, decode: Callable[[], tuple[PixelSource, PixelSource]]) -> tuple[PixelSource, PixelSource]:
-    """``decode()`` once per dataset folder; a checked decode also serves unchecked requests."""
+    """``decode()`` once per dataset folder or archive, each source's ``origin`` that path;
+    a checked decode also serves unchecked requests."""
     key = folder.resolve()
     if (key, True) in _decoded:
         return _decoded[(key, True)]
     if (key, checksum) not in _decoded:
-        _decoded[(key, checksum)] = decode()
+        train, test = decode()
+        _decoded[(key, checksum)] = (replace(train, origin=str(key)), replace(test, origin=str(key)))
     return _decoded[(key, checksum)]
 
 

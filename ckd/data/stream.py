@@ -57,6 +57,8 @@ class Stream:
     ``normalization``: what the inputs were normalised with (``None``: pixels in [0, 1]).
     ``augmentation``: the training augmentation of the stream's protocol, for the
     runner to apply on the device (``None``: none).
+    ``data_files``: the file or folder the images were decoded from (``""``: built in
+    memory), so results tell two copies of one dataset apart.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Stream:
     classes_per_experience: list[list[int]]
     normalization: Normalization | None = None
     augmentation: CropFlip | None = None
+    data_files: str = ""
     _test_data: tuple[_PixelMapDataset, ...] = field(default=(), repr=False, compare=False)
     _test_cache: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -199,6 +202,7 @@ def _build(
         classes_per_experience=classes,
         normalization=train.normalization,
         augmentation=augmentation,
+        data_files=train.origin,
         _test_data=tuple(eval_sets),
     )
 
