@@ -1,10 +1,13 @@
 import json
+import shutil
+import subprocess
+import sys
 
 import matplotlib.image
 import pytest
 
 import ckd.benchmarking.runner as runner_module
-from ckd.benchmarking.run_config import RunConfig, checkpoint_path, config_from_result
+from ckd.benchmarking.run_config import RunConfig, checkpoint_path, config_from_result, result_path
 from ckd.benchmarking.runner import run, run_to_file
 from ckd.benchmarking.suite import load_suite
 from ckd.cli import main
@@ -299,3 +302,33 @@ def test_augmentation_false_trains_without_the_streams_crop_and_flip(tmp_path, m
     assert calls == []
     run(RunConfig("split-cifar10", "naive", **fields), data_root=tmp_path)
     assert len(calls) == 10  # two minibatches of 4 per experience, five experiences
+
+
+FINISHING_ELSEWHERE = """
+import shutil, sys, time
+from ckd.common.files import held_lock
+with held_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(1.0)
+    shutil.copy(sys.argv[2], sys.argv[3])  # the other process writes the result, then lets go
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks on Windows")
+def test_a_run_another_process_is_running_is_waited_for_and_its_result_kept(tmp_path, capsys):
+    config = RunConfig("split-digits", "naive", max_train_per_experience=40)
+    out = tmp_path / "out"
+    path, ran = run_to_file(config, out)
+    assert ran and not path.with_suffix(".lock").exists()
+    saved = tmp_path / "saved.json"
+    shutil.move(path, saved)
+    other = subprocess.Popen([sys.executable, "-c", FINISHING_ELSEWHERE, str(path.with_suffix(".lock")), str(saved),
+                              str(path)], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "held"
+    try:
+        kept, ran = run_to_file(config, out)
+    finally:
+        other.wait()
+    assert kept == path == result_path(out, config) and not ran  # not run twice
+    assert kept.read_bytes() == saved.read_bytes()
+    assert "waiting for split-digits__naive__seed0.json: another process is running it" in capsys.readouterr().err

@@ -39,7 +39,7 @@ from ckd.benchmarking.loggers import close_loggers, make_loggers
 from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
 from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, RunConfig, checkpoint_path, has_result, result_path
 from ckd.benchmarking.scoring import AccuracyEvaluator, PeriodicEvaluation, Scores, TeacherDiagnostics
-from ckd.common.files import write_json_atomic
+from ckd.common.files import held_lock, write_json_atomic
 from ckd.data.models import make_model
 from ckd.data.streams import make_stream
 from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin, evaluation_model
@@ -389,23 +389,36 @@ def run_to_file(
     write into ``out_dir/logs/<result file name without .json>/``, emptied first.
     ``checkpoints``: the run keeps a checkpoint beside its result (:func:`checkpoint_path`)
     after each experience and, interrupted and run again, resumes from it (see :func:`run`);
-    the checkpoint is removed once the result is written.
+    the checkpoint is removed once the result is written. The run holds ``<result>.lock``
+    (:func:`ckd.common.files.held_lock`) while it runs: a second process given the same config
+    (two suites sharing rows, a suite started twice) waits for it, then keeps its result.
     """
     path = result_path(out_dir, config)
     ckpt = checkpoint_path(out_dir, config)
     if skip_existing and has_result(out_dir, config):
-        for left in (ckpt, epoch_checkpoint_path(ckpt)):  # by a run stopped between writing its result and this
-            left.unlink(missing_ok=True)
-        return path, False
-    log_dir = Path(out_dir) / "logs" / path.stem
-    if loggers:
-        shutil.rmtree(log_dir, ignore_errors=True)
-    result = run(config, data_root=data_root, progress=progress, loggers=loggers, log_dir=log_dir,
-                 checkpoint=ckpt if checkpoints else None)
-    write_json_atomic(path, result)
-    for done in (ckpt, epoch_checkpoint_path(ckpt)):
-        done.unlink(missing_ok=True)
+        return _kept(path, ckpt)
+
+    def waiting() -> None:
+        print(f"waiting for {path.name}: another process is running it", file=sys.stderr, flush=True)
+
+    with held_lock(path.with_suffix(".lock"), on_wait=waiting):  # one process per result and checkpoint
+        if skip_existing and has_result(out_dir, config):  # written by the process we waited for
+            return _kept(path, ckpt)
+        log_dir = Path(out_dir) / "logs" / path.stem
+        if loggers:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        result = run(config, data_root=data_root, progress=progress, loggers=loggers, log_dir=log_dir,
+                     checkpoint=ckpt if checkpoints else None)
+        write_json_atomic(path, result)
+        for done in (ckpt, epoch_checkpoint_path(ckpt)):
+            done.unlink(missing_ok=True)
     return path, True
+
+
+def _kept(path: Path, ckpt: Path) -> tuple[Path, bool]:
+    for left in (ckpt, epoch_checkpoint_path(ckpt)):  # by a run stopped between writing its result and this
+        left.unlink(missing_ok=True)
+    return path, False
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

@@ -1,5 +1,5 @@
 """File helpers: atomic writes (a reader sees the old file or the whole new one, never a
-partial one) and MD5 sums."""
+partial one), an exclusive lock between processes, and MD5 sums."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-__all__ = ["md5sum", "write_file_atomic", "write_json_atomic", "write_text_atomic"]
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; held_lock then holds nothing
+    fcntl = None
+
+__all__ = ["held_lock", "md5sum", "write_file_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def write_file_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -42,6 +49,45 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """:func:`write_text_atomic` of ``obj`` as indented JSON; NaN and infinity are refused
     (``ValueError``) before anything is written, since they are not JSON."""
     return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+
+
+@contextmanager
+def held_lock(path: str | os.PathLike, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) between processes; wait for it
+    while another process holds it, calling ``on_wait()`` once first. The lock dies with its
+    process (``flock``), so a killed holder leaves no stale lock, only the file; the file is
+    removed on release. Where there is no ``fcntl`` (Windows) nothing is locked."""
+    path = Path(path)
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None and not waited:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # the holder we waited for removed the file: a newcomer may lock a new one, so start again
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the release: whoever locks next opens a new file
+        os.close(fd)
 
 
 def md5sum(path: str | os.PathLike) -> str:
