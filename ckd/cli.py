@@ -78,6 +78,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="skip the MD5 checks of the dataset files (re-packed copies)")
     r.add_argument("--task-labels", action="store_true", help="task-incremental (split streams)")
     r.add_argument("--n-experiences", type=int, default=None)
+    r.add_argument("--max-train", type=int, default=None, metavar="N",
+                   help="at most N training samples per experience (a quick run)")
+    r.add_argument("--max-test", type=int, default=None, metavar="N", help="at most N test samples per experience")
     r.add_argument("--eval-every", type=int, default=None, help="also evaluate every N iterations")
     r.add_argument("--loader", default=None, choices=["tensor", "avalanche"],
                    help="training data from in-memory tensors (default) or Avalanche's DataLoader")
@@ -203,6 +206,7 @@ def _run_settings(args) -> tuple[dict[str, Any], dict[str, Any]]:
             checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema,
             augmentation=False if args.no_augmentation else None,
             n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
+            max_train_per_experience=args.max_train, max_test_per_experience=args.max_test,
             loader=args.loader,
         ).items() if v is not None
     }

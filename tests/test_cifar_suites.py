@@ -120,3 +120,30 @@ def test_augmentation_reaches_the_rows_avalanche_der_appends(cifar_root, tmp_pat
     rows = _spy_on_augmentation(monkeypatch)
     result = run(_smoke("der++@200", model="mlp", max_train_per_experience=8), data_root=cifar_root)
     assert rows == [8, 8, 8, 8, 8 + 32] and not result["diverged"]
+
+
+GPU_SCRIPT = BENCHMARKS / "gpu" / "der_protocol.sh"
+
+
+def test_the_gpu_script_runs_the_gpu_suites_rows_in_bf16():
+    # The prepared script for a lent GPU types its runs out as `ckd run` commands: each must be the
+    # suite's row (seed 0), only in bf16.
+    import re
+    import shlex
+
+    from ckd.benchmarking.suite import method_configs
+    from ckd.cli import _build_parser, _run_settings
+
+    script = GPU_SCRIPT.read_text()
+    settings = dict(re.findall(r'^\s*\[(\S+)\]="([^"]+)"$', script, re.M))
+    command = re.search(r'-m ckd run (.*?) --out', script, re.S).group(1).replace("\\\n", " ")
+    suite = {c.name: c for c in load_suite(GPU_SUITE) if c.seed == 0}
+    assert set(settings) == {"kd-replay@500", "der++@500"}
+    for label, options in settings.items():
+        words = shlex.split(command.replace("${settings[$1]}", options).replace('"$2"', "50").replace('"$1"', label)
+                            .replace('"$device"', "cuda").replace('"$data"', "DATA"))
+        args = _build_parser().parse_args(["run", *words])
+        method_args, common = _run_settings(args)
+        (config,) = method_configs(stream=args.stream, methods=args.method, seeds=args.seeds, settings=method_args,
+                                   device=args.device, task_labels=False, **common)
+        assert config.resolved() == replace(suite[label], amp="bf16").resolved(), label

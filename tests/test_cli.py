@@ -56,3 +56,13 @@ def test_ray_options_that_cannot_apply_are_one_line_errors(tmp_path, capsys):
     assert main(["suite", str(suite), "--out", out]) == 2  # ray = "auto" under [suite]
     assert capsys.readouterr().err == f"ckd: error: {suite} vectorizes its seeds in one process; run it without Ray\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_max_train_and_max_test_cap_each_experience(tmp_path):
+    import json
+
+    assert main(["run", "--stream", "split-digits", "--method", "naive", "--max-train", "30", "--max-test", "20",
+                 "--epochs", "1", "--batch-size", "10", "--quiet", "--out", str(tmp_path)]) == 0
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["config"]["max_train_per_experience"] == 30 and result["config"]["max_test_per_experience"] == 20
+    assert result["iterations_per_experience"] == [3] * 5  # 30 samples at batch 10
