@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -48,3 +50,40 @@ def test_a_later_success_clears_the_failure_and_kept_results_are_not_rerun(tmp_p
 def test_local_scheduler_rejects_a_bad_job_count():
     with pytest.raises(ValueError, match="jobs must be an integer >= 1, got 0"):
         LocalScheduler(0)
+
+
+HOLDER = """
+import shutil, sys, time
+from pathlib import Path
+from ckd.common.files import held_lock
+lock, saved, result, *others = sys.argv[1:]
+with held_lock(lock):
+    print("held", flush=True)
+    deadline = time.monotonic() + 300
+    while not all(Path(o).exists() for o in others) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shutil.copy(saved, result)  # this process's run of it ends once the others are done
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks on Windows")
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_run_another_process_holds_goes_last_and_its_result_is_kept(tmp_path, jobs):
+    first, *rest = [RunConfig("split-digits", "naive", seed=s, epochs=1, max_train_per_experience=40) for s in range(3)]
+    out = tmp_path / "out"
+    run_all(LocalScheduler(), [first], out)
+    path = result_path(out, first)
+    saved = tmp_path / "saved.json"
+    path.rename(saved)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path.with_suffix(".lock")), str(saved), str(path),
+                               *(str(result_path(out, c)) for c in rest)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    seen = []
+    try:
+        outcomes = run_all(LocalScheduler(jobs), [first, *rest], out, seen.append)
+    finally:
+        holder.wait()
+    assert [o.config.seed for o in seen][-1] == 0  # the held run came back last
+    assert [(o.config.seed, o.ran) for o in outcomes] == [(0, False), (1, True), (2, True)]
+    assert path.read_bytes() == saved.read_bytes()  # the other process's result, kept
+    assert not any(o.busy for o in seen)

@@ -381,6 +381,7 @@ def run_to_file(
     skip_existing: bool = True,
     loggers: Sequence[str] = (),
     checkpoints: bool = True,
+    wait: bool = True,
 ) -> tuple[Path, bool]:
     """Run and write ``result_path(out_dir, config)`` atomically.
 
@@ -391,7 +392,8 @@ def run_to_file(
     after each experience and, interrupted and run again, resumes from it (see :func:`run`);
     the checkpoint is removed once the result is written. The run holds ``<result>.lock``
     (:func:`ckd.common.files.held_lock`) while it runs: a second process given the same config
-    (two suites sharing rows, a suite started twice) waits for it, then keeps its result.
+    (two suites sharing rows, a suite started twice) waits for it, then keeps its result; with
+    ``wait=False`` it raises :class:`ckd.common.files.LockHeld` instead.
     """
     path = result_path(out_dir, config)
     ckpt = checkpoint_path(out_dir, config)
@@ -401,7 +403,7 @@ def run_to_file(
     def waiting() -> None:
         print(f"waiting for {path.name}: another process is running it", file=sys.stderr, flush=True)
 
-    with held_lock(path.with_suffix(".lock"), on_wait=waiting):  # one process per result and checkpoint
+    with held_lock(path.with_suffix(".lock"), on_wait=waiting, wait=wait):  # one process per result and checkpoint
         if skip_existing and has_result(out_dir, config):  # written by the process we waited for
             return _kept(path, ckpt)
         log_dir = Path(out_dir) / "logs" / path.stem

@@ -5,6 +5,9 @@ Every run writes its own result JSON (``ckd.benchmarking.runner.run_to_file``: k
 when a result with the same config is already there). A run that fails does not stop
 the others: its one-line error and traceback go to ``failures.json`` in the output
 folder, keyed by result file name, and the entry is removed once that run succeeds.
+A run that another process is running (its result's lock is held: a suite started twice)
+is put back at the end of the queue, and waited for only when nothing else is left, so
+two processes on one suite share out its runs.
 
 :class:`LocalScheduler` runs on this machine, one process per parallel job. Another
 backend (a cluster) subclasses :class:`Scheduler` and implements ``_outcomes``,
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ckd.common.errors import RunsFailed, one_line
-from ckd.common.files import write_json_atomic
+from ckd.common.files import LockHeld, write_json_atomic
 
 if TYPE_CHECKING:
     from ckd.benchmarking.run_config import RunConfig
@@ -68,6 +71,7 @@ class RunOutcome:
     error: str | None = None
     traceback: str | None = None
     stopped: bool = False
+    busy: bool = False  # another process holds the run (execute(wait=False)); a scheduler runs it again later
 
     @property
     def ok(self) -> bool:
@@ -81,18 +85,23 @@ def execute(
     force: bool = False,
     progress: bool = False,
     loggers: Sequence[str] = (),
+    wait: bool = True,
 ) -> RunOutcome:
     """Run ``config`` into ``out_dir`` (unless ``force``, an identical finished result is kept),
     with the Avalanche ``loggers`` named (``ckd.benchmarking.runner.run_to_file``).
 
     A failed run is returned as an outcome with its error, not raised, so that a
-    scheduler carries on with the others; ``KeyboardInterrupt`` still stops it.
+    scheduler carries on with the others; ``KeyboardInterrupt`` still stops it. With
+    ``wait=False`` a run another process is running comes back at once as ``busy``.
     """
     from ckd.benchmarking.run_config import result_path
     from ckd.benchmarking.runner import run_to_file
 
     try:
-        path, ran = run_to_file(config, out_dir, data_root, progress, skip_existing=not force, loggers=loggers)
+        path, ran = run_to_file(config, out_dir, data_root, progress, skip_existing=not force, loggers=loggers,
+                                wait=wait)
+    except LockHeld:
+        return RunOutcome(config, result_path(out_dir, config), False, busy=True)
     except Exception as err:
         return RunOutcome(config, result_path(out_dir, config), True, one_line(err), traceback.format_exc())
     return RunOutcome(config, path, ran)
@@ -173,25 +182,39 @@ class LocalScheduler(Scheduler):
         from ckd.benchmarking.run_config import result_path
 
         if self.jobs == 1 or len(configs) <= 1:
+            busy = []
             for config in configs:
+                outcome = execute(config, out_dir, self.data_root, self.force, self.progress, self.loggers, wait=False)
+                if outcome.busy:
+                    busy.append(config)
+                else:
+                    yield outcome
+            for config in busy:  # nothing else left: wait for the other process, then keep its result
                 yield execute(config, out_dir, self.data_root, self.force, self.progress, self.loggers)
             return
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and CUDA state
         pool = ProcessPoolExecutor(
             min(self.jobs, len(configs)), mp_context=context, initializer=_start_worker, initargs=(_builtin_filters(),),
         )
+
+        def submit(config: RunConfig, wait: bool) -> Future:
+            return pool.submit(execute, config, out_dir, self.data_root, self.force, False, self.loggers, wait)
+
         try:
-            futures: dict[Future, RunConfig] = {
-                pool.submit(execute, config, out_dir, self.data_root, self.force, False, self.loggers): config
-                for config in configs
-            }
-            for future in as_completed(futures):
+            pending: dict[Future, RunConfig] = {submit(config, False): config for config in configs}
+            while pending:
+                future = next(as_completed(pending))
+                config = pending.pop(future)
                 try:
-                    yield future.result()
+                    outcome = future.result()
                 except Exception as err:  # the worker itself died (killed, out of memory)
-                    config = futures[future]
                     yield RunOutcome(config, result_path(out_dir, config), True, one_line(err),
                                      "".join(traceback.format_exception(err)))
+                    continue
+                if outcome.busy:  # behind every run still queued; then waited for
+                    pending[submit(config, True)] = config
+                else:
+                    yield outcome
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -17,7 +17,7 @@ try:
 except ImportError:  # Windows: no advisory locks; held_lock then holds nothing
     fcntl = None
 
-__all__ = ["held_lock", "md5sum", "write_file_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["LockHeld", "held_lock", "md5sum", "write_file_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def write_file_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -51,12 +51,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
+class LockHeld(Exception):
+    """Another process holds the lock (:func:`held_lock` with ``wait=False``)."""
+
+
 @contextmanager
-def held_lock(path: str | os.PathLike, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) between processes; wait for it
-    while another process holds it, calling ``on_wait()`` once first. The lock dies with its
-    process (``flock``), so a killed holder leaves no stale lock, only the file; the file is
-    removed on release. Where there is no ``fcntl`` (Windows) nothing is locked."""
+def held_lock(path: str | os.PathLike, on_wait: Callable[[], object] | None = None, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) between processes; while another
+    process holds it, wait (calling ``on_wait()`` once first), or with ``wait=False`` raise
+    :class:`LockHeld`. The lock dies with its process (``flock``), so a killed holder leaves no
+    stale lock, only the file; the file is removed on release. Where there is no ``fcntl``
+    (Windows) nothing is locked."""
     path = Path(path)
     if fcntl is None:
         yield
@@ -69,6 +74,8 @@ def held_lock(path: str | os.PathLike, on_wait: Callable[[], object] | None = No
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    raise LockHeld(f"{path} is held by another process") from None
                 if on_wait is not None and not waited:
                     on_wait()
                 waited = True
