@@ -87,3 +87,12 @@ for _ in range(5):
     for w in workers:
         assert w.wait(timeout=120) == 0
     assert log.read_text().split() == ["in", "out"] * 15  # never two inside at once
+
+
+def test_a_folder_made_for_a_lock_alone_is_removed_with_it(tmp_path):
+    with held_lock(tmp_path / "new" / "r.lock"):
+        assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new").exists()
+    with held_lock(tmp_path / "kept" / "r.lock"):
+        (tmp_path / "kept" / "r.json").write_text("{}")  # the run wrote its result there
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["r.json"]

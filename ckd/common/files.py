@@ -60,15 +60,16 @@ def held_lock(path: str | os.PathLike, on_wait: Callable[[], object] | None = No
     """Hold an exclusive lock on ``path`` (created if missing) between processes; while another
     process holds it, wait (calling ``on_wait()`` once first), or with ``wait=False`` raise
     :class:`LockHeld`. The lock dies with its process (``flock``), so a killed holder leaves no
-    stale lock, only the file; the file is removed on release. Where there is no ``fcntl``
-    (Windows) nothing is locked."""
+    stale lock, only the file; the file is removed on release, and so is the folder it made for
+    the lock if nothing else was put in it. Where there is no ``fcntl`` (Windows) nothing is locked."""
     path = Path(path)
     if fcntl is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = not path.parent.exists()
     waited = False
     while True:
+        path.parent.mkdir(parents=True, exist_ok=True)  # again: the holder we waited for may have removed it
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             try:
@@ -95,6 +96,11 @@ def held_lock(path: str | os.PathLike, on_wait: Callable[[], object] | None = No
     finally:
         path.unlink(missing_ok=True)  # before the release: whoever locks next opens a new file
         os.close(fd)
+        if made:  # a folder made for the lock alone (a run that stopped before writing anything) goes too
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass
 
 
 def md5sum(path: str | os.PathLike) -> str:
