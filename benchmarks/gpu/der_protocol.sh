@@ -2,12 +2,12 @@
 # The GPU checks of the speed and natural-image issues, as one command on a lent GPU machine
 # (after benchmarks/gpu/prepare.sh here; carry .gpu). Everything lands in $OUT (or results/gpu):
 #   1. the CUDA tests (pytest -m cuda);
-#   2. a probe: the DER protocol's kd-replay@500 for one epoch per
-#      experience, bf16, whose wall time x 50 estimates a whole run;
+#   2. a probe: the DER protocol's kd-replay@500 for one epoch per experience, bf16, whose
+#      experiences' time (training and scoring) x 50 estimates a whole run, from above;
 #   3. whole DER-protocol runs, kd-replay@500 then DER++@500 (seed 0, bf16), each only if the estimate
 #      fits the seconds left of BUDGET_S (default 540, inside the tool's 600 s per command).
 # Usage (on the GPU machine, repository root): bash benchmarks/gpu/der_protocol.sh
-# A smoke test of this script on a CPU, a few seconds: PYTHON=.venv/bin/python DEVICE=cpu FULL_EPOCHS=2 \
+# A smoke test of this script on a CPU, a few minutes: PYTHON=.venv/bin/python DEVICE=cpu FULL_EPOCHS=2 \
 #   EXTRA_ARGS="--max-train 64 --max-test 40" OUT=/tmp/gpu-smoke bash benchmarks/gpu/der_protocol.sh
 set -uo pipefail
 start=$(date +%s)

@@ -60,8 +60,8 @@ def held_lock(path: str | os.PathLike, on_wait: Callable[[], object] | None = No
     """Hold an exclusive lock on ``path`` (created if missing) between processes; while another
     process holds it, wait (calling ``on_wait()`` once first), or with ``wait=False`` raise
     :class:`LockHeld`. The lock dies with its process (``flock``), so a killed holder leaves no
-    stale lock, only the file; the file is removed on release, and so is the folder it made for
-    the lock if nothing else was put in it. Where there is no ``fcntl`` (Windows) nothing is locked."""
+    stale lock, only the file; the file is removed on release, and so is the lock's folder if
+    this call made it and nothing else was put in it. Where there is no ``fcntl`` (Windows) nothing is locked."""
     path = Path(path)
     if fcntl is None:
         yield
