@@ -72,6 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="mlp, cnn, resnet18, reduced-resnet18, reduced-resnet18-cosine or package.module:function (default: the stream's)")
     r.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision (default: float32)")
     r.add_argument("--no-augmentation", action="store_true", help="train without the stream's crop and flip")
+    r.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the model's training forward and backward passes from CUDA graphs (--device cuda)")
     r.add_argument("--eval-ema", type=float, default=None, metavar="HALF_LIFE",
                    help="score an EMA of the weights with this half-life (a fraction of an experience; 0: the trained weights), for every method; the trained weights are always scored too (default: the stream's, 0.3 or 1.0)")
     r.add_argument("--no-checksum", action="store_true",
@@ -99,6 +101,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("suite")
     s.add_argument("--device", default=None)
     s.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision for every run")
+    s.add_argument("--cuda-graphs", action="store_true",
+                   help="every run replays its model's training passes from CUDA graphs (--device cuda)")
     s.add_argument("--eval-ema", type=float, default=None, metavar="HALF_LIFE",
                    help="score every run with an EMA of the weights of this half-life (0: off; default: the suite's)")
     s.add_argument("--no-checksum", action="store_true", help="skip the MD5 checks of the dataset files")
@@ -204,7 +208,7 @@ def _run_settings(args) -> tuple[dict[str, Any], dict[str, Any]]:
         k: v for k, v in dict(
             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model, amp=args.amp,
             checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema,
-            augmentation=False if args.no_augmentation else None,
+            augmentation=False if args.no_augmentation else None, cuda_graphs=True if args.cuda_graphs else None,
             n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
             max_train_per_experience=args.max_train, max_test_per_experience=args.max_test,
             loader=args.loader,
@@ -239,7 +243,8 @@ def _cmd_suite(args) -> int:
     from ckd.benchmarking.suite import load_suite, suite_ray_address, suite_vectorizes
 
     configs = load_suite(args.suite, device=args.device)
-    overrides = dict(amp=args.amp, checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema)
+    overrides = dict(amp=args.amp, checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema,
+                     cuda_graphs=True if args.cuda_graphs else None)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
         from dataclasses import replace

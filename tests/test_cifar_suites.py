@@ -140,7 +140,7 @@ def test_the_gpu_script_runs_the_gpu_suites_rows_in_bf16():
     suite = {c.name: c for c in load_suite(GPU_SUITE) if c.seed == 0}
     assert set(settings) == {"kd-replay@500", "der++@500"}
     for label, options in settings.items():
-        words = shlex.split(command.replace("${settings[$1]}", options).replace('"$2"', "50").replace('"$1"', label)
+        words = shlex.split(command.replace("${settings[$label]}", options).replace('"$epochs"', "50").replace('"$label"', label)
                             .replace('"$device"', "cuda").replace('"$data"', "DATA"))
         args = _build_parser().parse_args(["run", *words])
         method_args, common = _run_settings(args)

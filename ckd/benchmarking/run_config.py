@@ -96,6 +96,8 @@ class RunConfig:
     CPU numbers identical across machines and lets suites run jobs side by side.
     ``loader``: ``"tensor"`` trains from in-memory tensors (``ckd.engines.training``),
     ``"avalanche"`` from Avalanche's DataLoader; the data order differs, so it is part of the config.
+    ``cuda_graphs``: the model's training forward and backward passes replayed from CUDA graphs
+    (``ckd.engines.cuda_graphs``; needs ``device="cuda"``).
     ``augmentation=False`` trains without the stream's augmentation (the image streams'
     crop and flip), as the online papers' "no augmentation" rows.
     ``eval_ema_half_life``: score an exponential moving average of the weights
@@ -126,6 +128,7 @@ class RunConfig:
     checksum: bool = True
     eval_ema_half_life: float | None = None
     augmentation: bool = True
+    cuda_graphs: bool = False
     method_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -154,6 +157,8 @@ class RunConfig:
             raise ValueError(f"checksum must be true or false, got {self.checksum!r}")
         if not isinstance(self.augmentation, bool):
             raise ValueError(f"augmentation must be true or false, got {self.augmentation!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         if self.eval_ema_half_life is None:
             object.__setattr__(self, "eval_ema_half_life", EVAL_EMA_BY_STREAM.get(self.stream, EVAL_EMA_DEFAULT))
         half_life = self.eval_ema_half_life
@@ -175,6 +180,8 @@ class RunConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.loader not in LOADERS:
             raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise ValueError(f"cuda_graphs needs device 'cuda', got device {self.device!r}")
 
     @property
     def name(self) -> str:
@@ -189,7 +196,8 @@ class RunConfig:
         if out["loader"] == "avalanche":  # what results written before the tensor path used
             del out["loader"]
         # Settings added later are recorded only when set, so older results still match.
-        for name, default in (("amp", None), ("checksum", True), ("eval_ema_half_life", 0.0), ("augmentation", True)):
+        for name, default in (("amp", None), ("checksum", True), ("eval_ema_half_life", 0.0), ("augmentation", True),
+                              ("cuda_graphs", False)):
             if out[name] == default:
                 del out[name]
         return out

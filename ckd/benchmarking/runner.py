@@ -45,6 +45,7 @@ from ckd.data.streams import make_stream
 from ckd.distillation.parts.weight_averaging import EMAEvaluationPlugin, evaluation_model
 from ckd.engines.amp import MixedPrecisionPlugin
 from ckd.engines.augmentation import AugmentationPlugin
+from ckd.engines.cuda_graphs import CUDAGraphPlugin
 from ckd.reports.metrics import compute_metrics
 
 __all__ = ["device_name", "result_record", "run", "run_to_file", "seed_everything"]
@@ -152,6 +153,8 @@ def run(
     iterations = [math.ceil(len(e.dataset) / config.batch_size) * config.epochs for e in train_stream]
 
     extra = []
+    if config.cuda_graphs:  # the innermost of the wrappers of the strategy's forward (augmentation, autocast)
+        extra.append(CUDAGraphPlugin())
     bar = _progress_bar(sum(iterations), f"{config.stream} {config.name} seed {config.seed}", progress)
     if bar is not None:
         extra.append(_ProgressPlugin(bar))

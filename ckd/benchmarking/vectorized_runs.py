@@ -81,6 +81,7 @@ def check_vectorizable(configs: Sequence) -> None:
         "loader": (first.loader != "tensor", "loader='tensor'"),
         "amp": (first.amp is not None, "no mixed precision (amp)") if hasattr(first, "amp") else (False, ""),
         "eval_every": (first.eval_every != 0, "eval_every=0"),
+        "cuda_graphs": (first.cuda_graphs, "no CUDA graphs (cuda_graphs)"),
         "model": (first.model not in ("mlp", "cnn"), "model 'mlp' or 'cnn'"),
     }
     for name, (refused, needed) in refusals.items():
