@@ -12,10 +12,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from ckd.benchmarking.ray_scheduler import RayScheduler  # noqa: E402
-from ckd.benchmarking.run_config import RunConfig, result_path  # noqa: E402
+from ckd.benchmarking.run_config import RunConfig, lock_path, result_path  # noqa: E402
 from ckd.benchmarking.scheduling import FAILURES_FILE, LocalScheduler, run_all  # noqa: E402
 from ckd.benchmarking.suite import load_suite  # noqa: E402
 from ckd.common.errors import RunsFailed  # noqa: E402
+from lock_holder import hold  # noqa: E402
 
 # What differs between two runs of one config: time and the process's memory.
 VOLATILE = ("wall_time_s", "wall_time_per_experience_s", "peak_cpu_memory_mb")
@@ -111,3 +112,27 @@ def test_a_killed_driver_resumes(tmp_path, local_ray):
     assert len(after) == 3 and all(after[name] == data for name, data in before.items())
     assert done.stdout.count("[kept (config unchanged)]") == len(before)
     assert done.stdout.count("[ran]") == 3 - len(before)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks on Windows")
+@pytest.mark.parametrize("scheduler", ["ray", "tune"])
+def test_a_run_another_process_holds_goes_last_on_ray_and_its_result_is_kept(tmp_path, local_ray, scheduler):
+    from ckd.benchmarking.tune_scheduler import TuneScheduler
+
+    first, *rest = [RunConfig("split-digits", "naive", seed=s, epochs=1, max_train_per_experience=40) for s in range(3)]
+    out = tmp_path / "out"
+    run_all(LocalScheduler(), [first], out)
+    path = result_path(out, first)
+    saved = tmp_path / "saved.json"
+    path.rename(saved)
+    holder = hold(lock_path(out, first), saved, path, [result_path(out, c) for c in rest])
+    seen = []
+    try:
+        outcomes = run_all(RayScheduler() if scheduler == "ray" else TuneScheduler(), [first, *rest], out, seen.append)
+    finally:
+        holder.wait()
+    assert seen[-1].config.seed == 0  # the held run came back last
+    assert sorted((o.config.seed, o.ran) for o in outcomes) == [(0, False), (1, True), (2, True)]
+    assert path.read_bytes() == saved.read_bytes()  # the other process's result, kept
+    assert not list(out.glob("*.lock"))

@@ -1,12 +1,12 @@
 import json
-import subprocess
 import sys
 
 import pytest
 
-from ckd.benchmarking.run_config import RunConfig, result_path
+from ckd.benchmarking.run_config import RunConfig, lock_path, result_path
 from ckd.benchmarking.scheduling import FAILURES_FILE, LocalScheduler, execute, run_all
 from ckd.common.errors import RunsFailed
+from lock_holder import hold
 
 GOOD = RunConfig("split-digits", "naive", seed=0, epochs=1, max_train_per_experience=40)
 # Valid as a config, refused when the plugin is built: a run that fails.
@@ -52,20 +52,6 @@ def test_local_scheduler_rejects_a_bad_job_count():
         LocalScheduler(0)
 
 
-HOLDER = """
-import shutil, sys, time
-from pathlib import Path
-from ckd.common.files import held_lock
-lock, saved, result, *others = sys.argv[1:]
-with held_lock(lock):
-    print("held", flush=True)
-    deadline = time.monotonic() + 300
-    while not all(Path(o).exists() for o in others) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    shutil.copy(saved, result)  # this process's run of it ends once the others are done
-"""
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks on Windows")
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_run_another_process_holds_goes_last_and_its_result_is_kept(tmp_path, jobs):
@@ -75,9 +61,7 @@ def test_a_run_another_process_holds_goes_last_and_its_result_is_kept(tmp_path, 
     path = result_path(out, first)
     saved = tmp_path / "saved.json"
     path.rename(saved)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path.with_suffix(".lock")), str(saved), str(path),
-                               *(str(result_path(out, c)) for c in rest)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = hold(lock_path(out, first), saved, path, [result_path(out, c) for c in rest])
     seen = []
     try:
         outcomes = run_all(LocalScheduler(jobs), [first, *rest], out, seen.append)

@@ -1,4 +1,5 @@
 import json
+import sys
 import warnings
 
 import pytest
@@ -6,13 +7,20 @@ import torch
 import torch.nn.functional as F
 
 from ckd.benchmarking.methods import METHOD_DEFAULTS
-from ckd.benchmarking.run_config import RunConfig
+from ckd.benchmarking.run_config import RunConfig, lock_path
 from ckd.benchmarking.runner import run
-from ckd.benchmarking.vectorized_runs import check_vectorizable, run_vectorized, run_vectorized_to_files
+from ckd.benchmarking.scheduling import run_all
+from ckd.benchmarking.vectorized_runs import (
+    VectorizedScheduler,
+    check_vectorizable,
+    run_vectorized,
+    run_vectorized_to_files,
+)
 from ckd.data.models import mlp, small_cnn
 from ckd.distillation.losses import soft_kl
 from ckd.engines.stacked_kd import summed_loss
 from ckd.engines.stacked_model import StackedModel
+from lock_holder import hold
 
 SEEDS = (0, 1, 2)
 
@@ -222,3 +230,23 @@ def test_a_vectorized_pass_that_fails_is_recorded_as_every_other_schedulers_fail
     failures = json.loads((tmp_path / FAILURES_FILE).read_text())
     assert sorted(failures) == ["split-digits__naive__seed0.json", "split-digits__naive__seed1.json"]
     assert "the stacked pass broke" in failures["split-digits__naive__seed0.json"]["traceback"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks on Windows")
+def test_a_pass_waits_for_a_seed_another_process_runs_and_keeps_its_result(tmp_path, capsys):
+    configs = _configs("naive", seeds=(0, 1), max_train_per_experience=30)
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ((path, _),) = run_vectorized_to_files(configs[:1], out)
+        saved = tmp_path / "saved.json"
+        path.rename(saved)
+        holder = hold(lock_path(out, configs[0]), saved, path)
+        try:
+            outcomes = run_all(VectorizedScheduler(), configs, out)
+        finally:
+            holder.wait()
+    assert [(o.config.seed, o.ran) for o in outcomes] == [(0, False), (1, True)]
+    assert path.read_bytes() == saved.read_bytes()  # the other process's result, kept
+    assert "waiting for split-digits__naive__seed0.json" in capsys.readouterr().err
+    assert not list(out.glob("*.lock"))

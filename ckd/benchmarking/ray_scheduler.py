@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import traceback
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckd.benchmarking.scheduling import RunOutcome, Scheduler, _builtin_filters
 from ckd.common.errors import one_line
-from ckd.common.files import write_json_atomic
+from ckd.common.files import LockHeld, held_lock, write_json_atomic
 
 if TYPE_CHECKING:
     from ckd.benchmarking.run_config import RunConfig
@@ -113,27 +115,62 @@ class RayScheduler(Scheduler):
 
     def _remote_outcomes(self, ray, todo: list[RunConfig], n_configs: int, out_dir: Path) -> Iterator[RunOutcome]:
         """The runs of ``todo``, each a Ray task, as they finish (``n_configs``: the schedule's size)."""
+        from ckd.benchmarking.run_config import has_result, lock_path, result_path
+
         bar = _bar(n_configs, n_configs - len(todo), self.progress)
         task = ray.remote(_run_task)
         pending: dict[Any, RunConfig] = {}
+        locks: dict[Any, ExitStack] = {}  # each running task's result lock, held here by the driver
+        data_root = None if self.data_root is None else os.fspath(self.data_root)
+        filters = _builtin_filters()
+
+        def submit(config: RunConfig):
+            gpus = self.gpus_per_run if config.device.startswith("cuda") else 0
+            return task.options(num_cpus=config.threads, num_gpus=gpus, max_retries=0).remote(
+                dataclasses.asdict(config), data_root, filters,
+            )
+
+        def finished(ref) -> RunOutcome:
+            outcome = self._finish(ray, ref, pending.pop(ref), out_dir)
+            locks.pop(ref).close()
+            if bar is not None:
+                bar.update(1)
+            return outcome
+
         try:
-            data_root = None if self.data_root is None else os.fspath(self.data_root)
-            filters = _builtin_filters()
+            busy = []  # runs another process holds: after every other run, waited for
             for config in todo:
-                gpus = self.gpus_per_run if config.device.startswith("cuda") else 0
-                ref = task.options(num_cpus=config.threads, num_gpus=gpus, max_retries=0).remote(
-                    dataclasses.asdict(config), data_root, filters,
-                )
-                pending[ref] = config
+                hold = ExitStack()
+                try:
+                    hold.enter_context(held_lock(lock_path(out_dir, config), wait=False))
+                except LockHeld:
+                    busy.append(config)
+                    continue
+                if not self.force and has_result(out_dir, config):  # written since the driver looked
+                    hold.close()
+                    yield RunOutcome(config, result_path(out_dir, config), False)
+                    continue
+                ref = submit(config)
+                pending[ref], locks[ref] = config, hold
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
-                config = pending.pop(ref)
-                yield self._finish(ray, ref, config, out_dir)
-                if bar is not None:
-                    bar.update(1)
+                yield finished(ref)
+            for config in busy:
+                hold = ExitStack()
+                hold.enter_context(held_lock(lock_path(out_dir, config), on_wait=_waiting(config, out_dir)))
+                if not self.force and has_result(out_dir, config):
+                    hold.close()
+                    yield RunOutcome(config, result_path(out_dir, config), False)
+                    continue
+                ref = submit(config)
+                pending[ref], locks[ref] = config, hold
+                ray.wait([ref], num_returns=1)
+                yield finished(ref)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            for hold in locks.values():
+                hold.close()
             if bar is not None:
                 bar.close()
 
@@ -162,6 +199,16 @@ class RayScheduler(Scheduler):
             return RunOutcome(config, path, True, error, trace)
         write_json_atomic(path, result)
         return RunOutcome(config, path, True)
+
+
+def _waiting(config: RunConfig, out_dir: Path):
+    from ckd.benchmarking.run_config import result_path
+
+    def waiting() -> None:
+        print(f"waiting for {result_path(out_dir, config).name}: another process is running it",
+              file=sys.stderr, flush=True)
+
+    return waiting
 
 
 def _run_task(

@@ -28,6 +28,7 @@ __all__ = [
     "checkpoint_path",
     "config_from_result",
     "has_result",
+    "lock_path",
     "result_path",
 ]
 
@@ -235,6 +236,12 @@ def result_path(out_dir: str | os.PathLike, config: RunConfig) -> Path:
 def checkpoint_path(out_dir: str | os.PathLike, config: RunConfig) -> Path:
     """The checkpoint beside the result of ``config`` (``<result>.ckpt``) while it runs."""
     return result_path(out_dir, config).with_suffix(".ckpt")
+
+
+def lock_path(out_dir: str | os.PathLike, config: RunConfig) -> Path:
+    """The lock (``<result>.lock``, :func:`ckd.common.files.held_lock`) a process holds while it
+    runs ``config`` into ``out_dir``, whichever scheduler runs it."""
+    return result_path(out_dir, config).with_suffix(".lock")
 
 
 def has_result(out_dir: str | os.PathLike, config: RunConfig) -> bool:

@@ -37,7 +37,14 @@ from ckd.benchmarking.checkpoint import (
 )
 from ckd.benchmarking.loggers import close_loggers, make_loggers
 from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
-from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, RunConfig, checkpoint_path, has_result, result_path
+from ckd.benchmarking.run_config import (
+    PER_EXPERIENCE_ARGS,
+    RunConfig,
+    checkpoint_path,
+    has_result,
+    lock_path,
+    result_path,
+)
 from ckd.benchmarking.scoring import AccuracyEvaluator, PeriodicEvaluation, Scores, TeacherDiagnostics
 from ckd.common.files import held_lock, write_json_atomic
 from ckd.data.models import make_model
@@ -406,7 +413,7 @@ def run_to_file(
     def waiting() -> None:
         print(f"waiting for {path.name}: another process is running it", file=sys.stderr, flush=True)
 
-    with held_lock(path.with_suffix(".lock"), on_wait=waiting, wait=wait):  # one process per result and checkpoint
+    with held_lock(lock_path(out_dir, config), on_wait=waiting, wait=wait):  # one process per result and checkpoint
         if skip_existing and has_result(out_dir, config):  # written by the process we waited for
             return _kept(path, ckpt)
         log_dir = Path(out_dir) / "logs" / path.stem

@@ -15,13 +15,14 @@ import os
 import tempfile
 import traceback
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckd.benchmarking.ray_scheduler import LOCAL, RayScheduler
 from ckd.benchmarking.scheduling import RunOutcome, _builtin_filters
 from ckd.common.errors import one_line
-from ckd.common.files import write_json_atomic
+from ckd.common.files import LockHeld, held_lock, write_json_atomic
 
 if TYPE_CHECKING:
     from ckd.benchmarking.run_config import RunConfig
@@ -52,6 +53,30 @@ class TuneScheduler(RayScheduler):
         self.early_stopping = early_stopping
 
     def _remote_outcomes(self, ray, todo: list[RunConfig], n_configs: int, out_dir: Path) -> Iterator[RunOutcome]:
+        """The runs of ``todo`` as the trials of one Tune grid, their result locks held by the driver;
+        those another process is running are left out of it, waited for and kept (or, with no result
+        written, run as Ray tasks, :class:`RayScheduler`)."""
+        from ckd.benchmarking.run_config import has_result, lock_path, result_path
+
+        busy = []
+        with ExitStack() as held:
+            mine = []
+            for config in todo:
+                try:
+                    held.enter_context(held_lock(lock_path(out_dir, config), wait=False))
+                except LockHeld:
+                    busy.append(config)
+                    continue
+                if not self.force and has_result(out_dir, config):  # written since the driver looked
+                    yield RunOutcome(config, result_path(out_dir, config), False)
+                else:
+                    mine.append(config)
+            if mine:
+                yield from self._grid_outcomes(mine, out_dir)
+        if busy:
+            yield from super()._remote_outcomes(ray, busy, n_configs, out_dir)
+
+    def _grid_outcomes(self, todo: list[RunConfig], out_dir: Path) -> Iterator[RunOutcome]:
         """The runs of ``todo`` as the trials of one Tune grid."""
         from ray import tune
 

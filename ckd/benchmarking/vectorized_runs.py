@@ -8,21 +8,23 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ckd.benchmarking.methods import resolve_method_args
-from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, has_result, result_path
+from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, has_result, lock_path, result_path
 from ckd.benchmarking.runner import result_record, seed_everything
 from ckd.benchmarking.scheduling import RunOutcome, Scheduler
 from ckd.benchmarking.scoring import AccuracyEvaluator
 from ckd.common.errors import one_line
-from ckd.common.files import write_json_atomic
+from ckd.common.files import held_lock, write_json_atomic
 from ckd.data.models import make_model
 from ckd.data.streams import make_stream
 from ckd.distillation.teachers import DEFAULT_TEACHER
@@ -263,19 +265,32 @@ def run_vectorized_to_files(
 ) -> list[tuple[Path, bool]]:
     """:func:`run_vectorized` writing each seed's ``ckd.benchmarking.run_config.result_path`` (atomically);
     with ``skip_existing``, seeds whose result exists with the same config are not re-run
-    (the others still run together). Returns ``(path, ran)`` per config."""
-
-
+    (the others still run together). Returns ``(path, ran)`` per config. The pass holds its runs'
+    locks (:func:`ckd.benchmarking.run_config.lock_path`), so runs another process is running are
+    waited for and kept, not trained twice."""
     paths = [result_path(out_dir, c) for c in configs]
-    todo = []
-    for config in configs:
-        if not (skip_existing and has_result(out_dir, config)):
-            todo.append(config)
-    if todo:
-        for config, record in zip(todo, run_vectorized(todo, data_root=data_root, progress=progress)):
-            write_json_atomic(result_path(out_dir, config), record)
+    with held_locks([lock_path(out_dir, c) for c in configs]):
+        todo = [c for c in configs if not (skip_existing and has_result(out_dir, c))]
+        if todo:
+            for config, record in zip(todo, run_vectorized(todo, data_root=data_root, progress=progress)):
+                write_json_atomic(result_path(out_dir, config), record)
     ran = {id(c) for c in todo}
     return [(path, id(config) in ran) for config, path in zip(configs, paths)]
+
+
+@contextmanager
+def held_locks(paths: Sequence[Path]) -> Iterator[None]:
+    """Hold the locks of a pass's runs (:func:`ckd.common.files.held_lock`), waiting for any
+    another process holds; taken in sorted order, so two processes taking overlapping sets
+    cannot each wait for the other."""
+    with ExitStack() as stack:
+        for path in sorted(set(paths)):
+            def waiting(path=path) -> None:
+                print(f"waiting for {path.with_suffix('.json').name}: another process is running it",
+                      file=sys.stderr, flush=True)
+
+            stack.enter_context(held_lock(path, on_wait=waiting))
+        yield
 
 
 def seed_groups(configs: Sequence) -> list[list]:
@@ -305,20 +320,21 @@ class VectorizedScheduler(Scheduler):
         for group in groups:
             check_vectorizable(group)
         for group in groups:
-            todo = []
-            for config in group:
-                if not self.force and has_result(out_dir, config):
-                    yield RunOutcome(config, result_path(out_dir, config), False)
-                else:
-                    todo.append(config)
-            if not todo:
-                continue
-            try:
-                records = run_vectorized(todo, data_root=self.data_root, progress=self.progress)
-            except Exception as err:
-                trace = traceback.format_exc()
-                for config in todo:
-                    yield RunOutcome(config, result_path(out_dir, config), True, one_line(err), trace)
-                continue
-            for config, record in zip(todo, records):
-                yield RunOutcome(config, write_json_atomic(result_path(out_dir, config), record), True)
+            with held_locks([lock_path(out_dir, c) for c in group]):  # another process's runs finish first
+                todo = []
+                for config in group:
+                    if not self.force and has_result(out_dir, config):
+                        yield RunOutcome(config, result_path(out_dir, config), False)
+                    else:
+                        todo.append(config)
+                if not todo:
+                    continue
+                try:
+                    records = run_vectorized(todo, data_root=self.data_root, progress=self.progress)
+                except Exception as err:
+                    trace = traceback.format_exc()
+                    for config in todo:
+                        yield RunOutcome(config, result_path(out_dir, config), True, one_line(err), trace)
+                    continue
+                for config, record in zip(todo, records):
+                    yield RunOutcome(config, write_json_atomic(result_path(out_dir, config), record), True)
