@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
@@ -115,7 +114,7 @@ class RayScheduler(Scheduler):
 
     def _remote_outcomes(self, ray, todo: list[RunConfig], n_configs: int, out_dir: Path) -> Iterator[RunOutcome]:
         """The runs of ``todo``, each a Ray task, as they finish (``n_configs``: the schedule's size)."""
-        from ckd.benchmarking.run_config import has_result, lock_path, result_path
+        from ckd.benchmarking.run_config import has_result, lock_path, result_path, wait_notice
 
         bar = _bar(n_configs, n_configs - len(todo), self.progress)
         task = ray.remote(_run_task)
@@ -157,7 +156,7 @@ class RayScheduler(Scheduler):
                 yield finished(ref)
             for config in busy:
                 hold = ExitStack()
-                hold.enter_context(held_lock(lock_path(out_dir, config), on_wait=_waiting(config, out_dir)))
+                hold.enter_context(held_lock(lock_path(out_dir, config), on_wait=wait_notice(out_dir, config)))
                 if not self.force and has_result(out_dir, config):
                     hold.close()
                     yield RunOutcome(config, result_path(out_dir, config), False)
@@ -199,16 +198,6 @@ class RayScheduler(Scheduler):
             return RunOutcome(config, path, True, error, trace)
         write_json_atomic(path, result)
         return RunOutcome(config, path, True)
-
-
-def _waiting(config: RunConfig, out_dir: Path):
-    from ckd.benchmarking.run_config import result_path
-
-    def waiting() -> None:
-        print(f"waiting for {result_path(out_dir, config).name}: another process is running it",
-              file=sys.stderr, flush=True)
-
-    return waiting
 
 
 def _run_task(

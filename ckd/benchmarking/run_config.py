@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ __all__ = [
     "config_from_result",
     "has_result",
     "lock_path",
+    "wait_notice",
     "result_path",
 ]
 
@@ -242,6 +245,16 @@ def lock_path(out_dir: str | os.PathLike, config: RunConfig) -> Path:
     """The lock (``<result>.lock``, :func:`ckd.common.files.held_lock`) a process holds while it
     runs ``config`` into ``out_dir``, whichever scheduler runs it."""
     return result_path(out_dir, config).with_suffix(".lock")
+
+
+def wait_notice(out_dir: str | os.PathLike, config: RunConfig) -> Callable[[], None]:
+    """What a process prints (``held_lock``'s ``on_wait``) when it waits for another's run of ``config``."""
+    name = result_path(out_dir, config).name
+
+    def notice() -> None:
+        print(f"waiting for {name}: another process is running it", file=sys.stderr, flush=True)
+
+    return notice
 
 
 def has_result(out_dir: str | os.PathLike, config: RunConfig) -> bool:

@@ -44,6 +44,7 @@ from ckd.benchmarking.run_config import (
     has_result,
     lock_path,
     result_path,
+    wait_notice,
 )
 from ckd.benchmarking.scoring import AccuracyEvaluator, PeriodicEvaluation, Scores, TeacherDiagnostics
 from ckd.common.files import held_lock, write_json_atomic
@@ -410,10 +411,7 @@ def run_to_file(
     if skip_existing and has_result(out_dir, config):
         return _kept(path, ckpt)
 
-    def waiting() -> None:
-        print(f"waiting for {path.name}: another process is running it", file=sys.stderr, flush=True)
-
-    with held_lock(lock_path(out_dir, config), on_wait=waiting, wait=wait):  # one process per result and checkpoint
+    with held_lock(lock_path(out_dir, config), on_wait=wait_notice(out_dir, config), wait=wait):  # one process per result and checkpoint
         if skip_existing and has_result(out_dir, config):  # written by the process we waited for
             return _kept(path, ckpt)
         log_dir = Path(out_dir) / "logs" / path.stem

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ckd.benchmarking.methods import resolve_method_args
-from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, has_result, lock_path, result_path
+from ckd.benchmarking.run_config import PER_EXPERIENCE_ARGS, has_result, lock_path, result_path, wait_notice
 from ckd.benchmarking.runner import result_record, seed_everything
 from ckd.benchmarking.scheduling import RunOutcome, Scheduler
 from ckd.benchmarking.scoring import AccuracyEvaluator
@@ -269,7 +268,7 @@ def run_vectorized_to_files(
     locks (:func:`ckd.benchmarking.run_config.lock_path`), so runs another process is running are
     waited for and kept, not trained twice."""
     paths = [result_path(out_dir, c) for c in configs]
-    with held_locks([lock_path(out_dir, c) for c in configs]):
+    with held_locks(configs, out_dir):
         todo = [c for c in configs if not (skip_existing and has_result(out_dir, c))]
         if todo:
             for config, record in zip(todo, run_vectorized(todo, data_root=data_root, progress=progress)):
@@ -279,17 +278,13 @@ def run_vectorized_to_files(
 
 
 @contextmanager
-def held_locks(paths: Sequence[Path]) -> Iterator[None]:
-    """Hold the locks of a pass's runs (:func:`ckd.common.files.held_lock`), waiting for any
-    another process holds; taken in sorted order, so two processes taking overlapping sets
+def held_locks(configs: Sequence, out_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the locks of a pass's runs (:func:`ckd.benchmarking.run_config.lock_path`), waiting for
+    any another process holds; taken in sorted order, so two processes taking overlapping sets
     cannot each wait for the other."""
     with ExitStack() as stack:
-        for path in sorted(set(paths)):
-            def waiting(path=path) -> None:
-                print(f"waiting for {path.with_suffix('.json').name}: another process is running it",
-                      file=sys.stderr, flush=True)
-
-            stack.enter_context(held_lock(path, on_wait=waiting))
+        for config in sorted(configs, key=lambda c: lock_path(out_dir, c)):
+            stack.enter_context(held_lock(lock_path(out_dir, config), on_wait=wait_notice(out_dir, config)))
         yield
 
 
@@ -320,7 +315,7 @@ class VectorizedScheduler(Scheduler):
         for group in groups:
             check_vectorizable(group)
         for group in groups:
-            with held_locks([lock_path(out_dir, c) for c in group]):  # another process's runs finish first
+            with held_locks(group, out_dir):  # another process's runs finish first
                 todo = []
                 for config in group:
                     if not self.force and has_result(out_dir, config):
