@@ -128,13 +128,27 @@ def test_the_plugin_must_be_the_innermost_wrapper(digits):
 
 def test_a_model_with_hooks_or_a_failed_capture_trains_eagerly(digits):
     class Hooked(SupervisedPlugin):
-        def before_training_exp(self, strategy, **kwargs):
-            if not strategy.model[0]._forward_hooks:
-                strategy.model[0].register_forward_hook(lambda module, inputs, output: None)
+        """From the second experience on, a forward hook on the first layer (as feature distillation's)."""
 
-    capture = EagerCapture()
-    _train(digits, "naive", [Hooked(), CUDAGraphPlugin(capture=capture)], experiences=1)
-    assert capture.shapes == []
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def before_training_exp(self, strategy, **kwargs):
+            if strategy.clock.train_exp_counter == 1:
+                strategy.model[0].register_forward_hook(lambda module, inputs, output: self.count())
+
+        def count(self):
+            self.calls += 1
+
+    capture, hooked = EagerCapture(), Hooked()
+    strategy = _train(digits, "naive", [hooked, CUDAGraphPlugin(capture=capture)], experiences=2)
+    assert capture.shapes and capture.calls > 0  # the first experience replayed its graph
+    iterations = -(-len(digits.benchmark.train_stream[1].dataset) // 10)
+    assert hooked.calls == iterations  # the second ran eagerly, so the hook saw every minibatch
+    calls = capture.calls
+    strategy.train(digits.benchmark.train_stream[2])
+    assert capture.calls == calls
     eager = _train(digits, "naive", [], experiences=2)
     with pytest.warns(UserWarning, match="CUDA graph capture failed for input shape"):
         failed = _train(digits, "naive", [CUDAGraphPlugin(capture=EagerCapture(fail=True))], experiences=2)

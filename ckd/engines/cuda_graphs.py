@@ -55,8 +55,8 @@ class CUDAGraphPlugin(StrategyWrappingPlugin):
     It wraps the strategy's ``forward``: put it before ``MixedPrecisionPlugin`` and
     ``AugmentationPlugin`` in the plugin list, so that it is the innermost wrapper (it
     then sees the augmented rows, under autocast). Eager, as without it: evaluation,
-    forward passes without gradients, task-labelled models (``MultiTaskModule``), models
-    with hooks (feature distillation registers some), and the first ``capture_after - 1``
+    forward passes without gradients, task-labelled models (``MultiTaskModule``), a model
+    while it has hooks (feature distillation registers some), and the first ``capture_after - 1``
     minibatches of each shape. The graphs are kept from one experience to the next and
     dropped when an experience starts with other parameters (a model that grew).
 
@@ -111,7 +111,7 @@ class CUDAGraphPlugin(StrategyWrappingPlugin):
         def graphed_forward():
             model = strategy.model
             if (not strategy.is_training or not torch.is_grad_enabled() or not model.training
-                    or isinstance(model, MultiTaskModule)):
+                    or isinstance(model, MultiTaskModule) or _has_hooks(model)):  # a graph would skip the hooks
                 return forward()
             x = strategy.mb_x
             key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled(x.device.type),
@@ -127,8 +127,7 @@ class CUDAGraphPlugin(StrategyWrappingPlugin):
 
     def _maybe_capture(self, model: torch.nn.Module, x: Tensor, key: tuple) -> Callable[..., Tensor] | None:
         self.seen[key] += 1
-        if (key in self.eager_only or self.seen[key] < self.capture_after or len(self.graphs) >= self.max_graphs
-                or _has_hooks(model)):
+        if key in self.eager_only or self.seen[key] < self.capture_after or len(self.graphs) >= self.max_graphs:
             return None
         if not self._params:
             self._params = tuple(model.parameters())
