@@ -21,6 +21,14 @@ with held_lock(lock):
 """
 
 
+def hold_finished_run(result: Path, lock: Path, others: list[Path] = ()) -> tuple[subprocess.Popen, Path]:
+    """Move the finished ``result`` aside (to ``saved.json`` beside its folder) and :func:`hold` ``lock``
+    as the process that is still running it; returns the holder and the saved copy."""
+    saved = result.parent.with_name("saved.json")
+    result.rename(saved)
+    return hold(lock, saved, result, others), saved
+
+
 def hold(lock: Path, saved: Path, result: Path, others: list[Path] = ()) -> subprocess.Popen:
     """A process that holds ``lock`` until every path of ``others`` exists, then puts ``saved``
     at ``result`` (its run's result) and lets go; returns once it holds the lock."""

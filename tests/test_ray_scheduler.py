@@ -16,7 +16,7 @@ from ckd.benchmarking.run_config import RunConfig, lock_path, result_path  # noq
 from ckd.benchmarking.scheduling import FAILURES_FILE, LocalScheduler, run_all  # noqa: E402
 from ckd.benchmarking.suite import load_suite  # noqa: E402
 from ckd.common.errors import RunsFailed  # noqa: E402
-from lock_holder import hold  # noqa: E402
+from lock_holder import hold_finished_run  # noqa: E402
 
 # What differs between two runs of one config: time and the process's memory.
 VOLATILE = ("wall_time_s", "wall_time_per_experience_s", "peak_cpu_memory_mb")
@@ -124,9 +124,7 @@ def test_a_run_another_process_holds_goes_last_on_ray_and_its_result_is_kept(tmp
     out = tmp_path / "out"
     run_all(LocalScheduler(), [first], out)
     path = result_path(out, first)
-    saved = tmp_path / "saved.json"
-    path.rename(saved)
-    holder = hold(lock_path(out, first), saved, path, [result_path(out, c) for c in rest])
+    holder, saved = hold_finished_run(path, lock_path(out, first), [result_path(out, c) for c in rest])
     seen = []
     try:
         outcomes = run_all(RayScheduler() if scheduler == "ray" else TuneScheduler(), [first, *rest], out, seen.append)

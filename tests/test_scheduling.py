@@ -6,7 +6,7 @@ import pytest
 from ckd.benchmarking.run_config import RunConfig, lock_path, result_path
 from ckd.benchmarking.scheduling import FAILURES_FILE, LocalScheduler, execute, run_all
 from ckd.common.errors import RunsFailed
-from lock_holder import hold
+from lock_holder import hold_finished_run
 
 GOOD = RunConfig("split-digits", "naive", seed=0, epochs=1, max_train_per_experience=40)
 # Valid as a config, refused when the plugin is built: a run that fails.
@@ -59,9 +59,7 @@ def test_a_run_another_process_holds_goes_last_and_its_result_is_kept(tmp_path, 
     out = tmp_path / "out"
     run_all(LocalScheduler(), [first], out)
     path = result_path(out, first)
-    saved = tmp_path / "saved.json"
-    path.rename(saved)
-    holder = hold(lock_path(out, first), saved, path, [result_path(out, c) for c in rest])
+    holder, saved = hold_finished_run(path, lock_path(out, first), [result_path(out, c) for c in rest])
     seen = []
     try:
         outcomes = run_all(LocalScheduler(jobs), [first, *rest], out, seen.append)

@@ -20,7 +20,7 @@ from ckd.data.models import mlp, small_cnn
 from ckd.distillation.losses import soft_kl
 from ckd.engines.stacked_kd import summed_loss
 from ckd.engines.stacked_model import StackedModel
-from lock_holder import hold
+from lock_holder import hold_finished_run
 
 SEEDS = (0, 1, 2)
 
@@ -239,9 +239,7 @@ def test_a_pass_waits_for_a_seed_another_process_runs_and_keeps_its_result(tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ((path, _),) = run_vectorized_to_files(configs[:1], out)
-        saved = tmp_path / "saved.json"
-        path.rename(saved)
-        holder = hold(lock_path(out, configs[0]), saved, path)
+        holder, saved = hold_finished_run(path, lock_path(out, configs[0]))
         try:
             outcomes = run_all(VectorizedScheduler(), configs, out)
         finally:

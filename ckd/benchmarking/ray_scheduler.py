@@ -137,20 +137,11 @@ class RayScheduler(Scheduler):
             return outcome
 
         try:
-            busy = []  # runs another process holds: after every other run, waited for
-            for config in todo:
-                hold = ExitStack()
-                try:
-                    hold.enter_context(held_lock(lock_path(out_dir, config), wait=False))
-                except LockHeld:
-                    busy.append(config)
-                    continue
-                if not self.force and has_result(out_dir, config):  # written since the driver looked
-                    hold.close()
-                    yield RunOutcome(config, result_path(out_dir, config), False)
-                    continue
+            claimed, kept, busy = self._claim(todo, out_dir)  # busy: after every other run, waited for
+            for config, hold in claimed:
                 ref = submit(config)
                 pending[ref], locks[ref] = config, hold
+            yield from kept
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 yield finished(ref)
@@ -172,6 +163,28 @@ class RayScheduler(Scheduler):
                 hold.close()
             if bar is not None:
                 bar.close()
+
+    def _claim(self, configs: list[RunConfig], out_dir: Path
+               ) -> tuple[list[tuple[RunConfig, ExitStack]], list[RunOutcome], list[RunConfig]]:
+        """Each run's result lock taken without waiting: the runs now held, with their locks; those
+        whose result was written since the driver looked (kept, unless ``force``); those another
+        process holds."""
+        from ckd.benchmarking.run_config import has_result, lock_path, result_path
+
+        claimed, kept, busy = [], [], []
+        for config in configs:
+            hold = ExitStack()
+            try:
+                hold.enter_context(held_lock(lock_path(out_dir, config), wait=False))
+            except LockHeld:
+                busy.append(config)
+                continue
+            if not self.force and has_result(out_dir, config):
+                hold.close()
+                kept.append(RunOutcome(config, result_path(out_dir, config), False))
+            else:
+                claimed.append((config, hold))
+        return claimed, kept, busy
 
     def _connect(self, ray) -> bool:
         """Initialize Ray unless it already is; whether this call started it."""

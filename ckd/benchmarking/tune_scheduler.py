@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ckd.benchmarking.ray_scheduler import LOCAL, RayScheduler
 from ckd.benchmarking.scheduling import RunOutcome, _builtin_filters
 from ckd.common.errors import one_line
-from ckd.common.files import LockHeld, held_lock, write_json_atomic
+from ckd.common.files import write_json_atomic
 
 if TYPE_CHECKING:
     from ckd.benchmarking.run_config import RunConfig
@@ -56,23 +56,13 @@ class TuneScheduler(RayScheduler):
         """The runs of ``todo`` as the trials of one Tune grid, their result locks held by the driver;
         those another process is running are left out of it, waited for and kept (or, with no result
         written, run as Ray tasks, :class:`RayScheduler`)."""
-        from ckd.benchmarking.run_config import has_result, lock_path, result_path
-
-        busy = []
+        claimed, kept, busy = self._claim(todo, out_dir)
         with ExitStack() as held:
-            mine = []
-            for config in todo:
-                try:
-                    held.enter_context(held_lock(lock_path(out_dir, config), wait=False))
-                except LockHeld:
-                    busy.append(config)
-                    continue
-                if not self.force and has_result(out_dir, config):  # written since the driver looked
-                    yield RunOutcome(config, result_path(out_dir, config), False)
-                else:
-                    mine.append(config)
-            if mine:
-                yield from self._grid_outcomes(mine, out_dir)
+            for _, hold in claimed:
+                held.enter_context(hold)
+            yield from kept
+            if claimed:
+                yield from self._grid_outcomes([config for config, _ in claimed], out_dir)
         if busy:
             yield from super()._remote_outcomes(ray, busy, n_configs, out_dir)
 

@@ -129,9 +129,7 @@ class CUDAGraphPlugin(StrategyWrappingPlugin):
         self.seen[key] += 1
         if key in self.eager_only or self.seen[key] < self.capture_after or len(self.graphs) >= self.max_graphs:
             return None
-        if not self._params:
-            self._params = tuple(model.parameters())
-        params = self._params
+        params = self._params  # the model's, taken when its experience started
 
         def model_call(rows: Tensor, *_params: Tensor) -> Tensor:  # the parameters are inputs for their gradients
             return model(rows)
