@@ -10,10 +10,14 @@ A B C … A B C …, ``--repeats`` times; the median seconds per iteration is ke
     python benchmarks/speed_cnn.py --data-root DIR --json benchmarks/results/speed_cnn_cpu.json
 
 Methods, each ``_fp32`` and ``_bf16`` (``torch.autocast`` bf16 with the model channels_last,
-what ``--amp bf16`` does): ``raw_loop`` (plain PyTorch doing kd-replay's math: crop+flip,
-one forward over stream + replayed rows, a teacher forward on the replayed rows, CE + T²·KL
-+ replay CE, backward, step) — the floor; ``kd_replay`` (ckd's tensor path, as the runner
-builds it); ``er`` (Avalanche's ``ReplayPlugin`` on the tensor path). ``scoring_*``: one
+what ``--amp bf16`` does), and the kd-replay ones also ``_bf16_teachers`` (the teachers' forward
+passes under the autocast too: ``--amp bf16 --amp-teachers``): ``raw_loop`` (plain PyTorch doing
+kd-replay's math: crop+flip, one forward over stream + replayed rows, a teacher forward on the
+replayed rows, CE + T²·KL + replay CE, backward, step; its teacher under the autocast) — the floor;
+``kd_replay`` (ckd's tensor path, as the runner builds it, kd-replay's defaults);
+``kd_replay_ema_all_rows`` (the online table's kd-replay: class-balanced buffer, α 0.3, an EMA
+teacher distilling the replayed and the incoming rows, so two teacher passes per step);
+``er`` (Avalanche's ``ReplayPlugin`` on the tensor path). ``scoring_*``: one
 pass of the runner's scorer over the 10,000 test images, seconds. ``run_estimate_s``:
 a whole online run of kd-replay estimated from these (5,000 iterations, 10 scoring passes:
 EMA and trained weights after each experience).
@@ -45,9 +49,15 @@ from ckd.engines.augmentation import AugmentationPlugin
 from ckd.engines.tensor_data import dataset_tensors
 
 PRECISIONS = ("fp32", "bf16")
-METHODS = ("raw_loop", "kd_replay", "er")
+METHODS = ("raw_loop", "kd_replay", "kd_replay_ema_all_rows", "er")
+TEACHER_METHODS = ("kd_replay", "kd_replay_ema_all_rows")  # timed with their teachers under the autocast too
 RATIOS = {
     "kd_replay_bf16_vs_raw_loop_bf16": ("kd_replay_bf16", "raw_loop_bf16"),
+    "kd_replay_bf16_teachers_vs_raw_loop_bf16": ("kd_replay_bf16_teachers", "raw_loop_bf16"),
+    "kd_replay_bf16_teachers_vs_bf16": ("kd_replay_bf16_teachers", "kd_replay_bf16"),
+    "kd_replay_ema_all_rows_bf16_teachers_vs_bf16": ("kd_replay_ema_all_rows_bf16_teachers", "kd_replay_ema_all_rows_bf16"),
+    "kd_replay_ema_all_rows_bf16_vs_er_bf16": ("kd_replay_ema_all_rows_bf16", "er_bf16"),
+    "kd_replay_ema_all_rows_bf16_teachers_vs_er_bf16": ("kd_replay_ema_all_rows_bf16_teachers", "er_bf16"),
     "kd_replay_fp32_vs_raw_loop_fp32": ("kd_replay_fp32", "raw_loop_fp32"),
     "raw_loop_bf16_vs_fp32": ("raw_loop_bf16", "raw_loop_fp32"),
     "kd_replay_bf16_vs_fp32": ("kd_replay_bf16", "kd_replay_fp32"),
@@ -106,11 +116,11 @@ class TensorPath:
     """A runner method as the runner builds it: the tensor path, crop and flip, and with
     bf16 the mixed-precision plugin and a channels_last model."""
 
-    def __init__(self, method: str, args: dict, stream, amp: bool) -> None:
+    def __init__(self, method: str, args: dict, stream, amp: bool, teachers: bool = False) -> None:
         self.model = _model(amp, stream.n_classes)
         extra = [AugmentationPlugin(stream.augmentation)]
         if amp:
-            extra.append(MixedPrecisionPlugin("bf16", "cpu"))
+            extra.append(MixedPrecisionPlugin("bf16", "cpu", teachers=teachers))
         self.strategy = make_strategy(method, self.model, SETTINGS, resolve_method_args(method, args),
                                       extra_plugins=extra, fast=True)
         with warnings.catch_warnings():
@@ -130,7 +140,15 @@ class TensorPath:
 def _method_args(name: str, mem_size: int, replay_batch: int) -> tuple[str, dict]:
     if name == "er":
         return "replay", {"mem_size": mem_size, "replay_batch_size": replay_batch, "policy": "reservoir"}
+    if name == "kd_replay_ema_all_rows":
+        return "kd-replay", {"mem_size": mem_size, "replay_batch_size": replay_batch, "policy": "class_balanced",
+                             "alpha": 0.3, "teacher": "ema", "current_alpha": 0.3, "current_known_classes_only": False}
     return "kd-replay", {"mem_size": mem_size, "replay_batch_size": replay_batch}
+
+
+def variants(name: str) -> tuple[str, ...]:
+    """The precisions ``name`` is timed in: fp32, bf16, and for kd-replay bf16 with its teachers under the autocast."""
+    return (*PRECISIONS, "bf16_teachers") if name in TEACHER_METHODS else PRECISIONS
 
 
 def _scoring_seconds(stream, amp: bool) -> float:
@@ -149,13 +167,13 @@ def measure(args: argparse.Namespace) -> dict:
     iterations = math.ceil(len(experience.dataset) / SETTINGS.batch_size)
     runners = {}
     for name in args.methods:
-        for precision in PRECISIONS:
-            amp = precision == "bf16"
+        for precision in variants(name):
+            amp = precision != "fp32"
             if name == "raw_loop":
                 runners[f"{name}_{precision}"] = RawLoop(stream, amp, args.mem_size, args.replay_batch)
             else:
                 runners[f"{name}_{precision}"] = TensorPath(*_method_args(name, args.mem_size, args.replay_batch),
-                                                            stream, amp)
+                                                            stream, amp, teachers=precision == "bf16_teachers")
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.repeats):
         for name, runner in runners.items():
@@ -165,8 +183,9 @@ def measure(args: argparse.Namespace) -> dict:
     scoring = {p: _scoring_seconds(stream, p == "bf16") for p in PRECISIONS}
     test_images = sum(len(e.dataset) for e in stream.benchmark.test_stream)
     scoring_full = {p: s * 10000 / test_images for p, s in scoring.items()}
-    estimate = {p: seconds[f"kd_replay_{p}"] * RUN_ITERATIONS + SCORING_PASSES * scoring_full[p]
-                for p in PRECISIONS if f"kd_replay_{p}" in seconds}
+    scoring_full["bf16_teachers"] = scoring_full["bf16"]  # the scorer has no teacher
+    estimate = {f"{m}_{p}": seconds[f"{m}_{p}"] * RUN_ITERATIONS + SCORING_PASSES * scoring_full[p]
+                for m in TEACHER_METHODS for p in variants(m) if f"{m}_{p}" in seconds}
     return {
         "protocol": "online Split-CIFAR-10: reduced ResNet-18 (nf 20), SGD lr 0.1, stream batch 10, "
                     "crop+flip, experience 1 timed",
@@ -180,7 +199,7 @@ def measure(args: argparse.Namespace) -> dict:
         "seconds_per_iteration_all": samples,
         "ratios": ratios,
         "ratios_paired": paired,
-        "scoring_seconds_per_10000_images": scoring_full,
+        "scoring_seconds_per_10000_images": {p: scoring_full[p] for p in PRECISIONS},
         "run_estimate_s": estimate,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
@@ -204,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>18}: {1000 * value:7.1f} ms/iteration")
     for key, value in result["ratios"].items():
         print(f"{key}: {value:.3f} (paired {result['ratios_paired'][key]:.3f})")
-    for precision, value in result["run_estimate_s"].items():
-        print(f"whole online run of kd-replay, {precision}: about {value:.0f} s")
+    for name, value in result["run_estimate_s"].items():
+        print(f"whole online run of {name}: about {value:.0f} s")
     if args.json:
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -113,6 +114,52 @@ def test_runner_records_amp_only_when_set():
     assert result["config"]["amp"] == "bf16"
     assert config_from_result(result).amp == "bf16"
     assert 0.0 <= result["final_average_accuracy"] <= 1.0 and not result["diverged"]
+
+
+@pytest.mark.parametrize("teachers", [False, True])
+def test_teachers_run_under_autocast_only_when_asked(digits, teachers):
+    """kd-replay with the EMA teacher on every row: two teacher passes per step (the replayed
+    rows, the incoming ones), in inference mode; under bf16 only with ``teachers=True``."""
+    from ckd.benchmarking.methods import TrainSettings, make_strategy, resolve_method_args
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    seen = []  # (rows, training, inference mode, bf16 autocast) of every pass, the teachers' copies included
+    model[1].register_forward_pre_hook(lambda module, args: seen.append(
+        (args[0].shape[0], module.training, torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu"))))
+    recorder = _Recorder()
+    args = resolve_method_args("kd-replay", {"mem_size": 40, "replay_batch_size": 8, "teacher": "ema",
+                                             "current_alpha": 0.3, "current_known_classes_only": False})
+    amp = MixedPrecisionPlugin("bf16", "cpu", teachers=teachers)
+    strategy = make_strategy("kd-replay", model, TrainSettings(0.05, 16, 1, 100, "cpu"), args, seed=0,
+                             extra_plugins=[amp, recorder], fast=True)
+    for experience in digits.benchmark.train_stream[:2]:
+        strategy.train(experience)
+    teacher_passes = [s for s in seen if s[2]]
+    student_passes = [s for s in seen if s[1]]
+    assert {rows for rows, *_ in teacher_passes} == {8, 16}  # replayed rows and incoming rows
+    assert all(not training for _, training, _, _ in teacher_passes)
+    assert all(autocast == teachers for *_, autocast in teacher_passes)
+    assert student_passes and all(autocast for *_, autocast in student_passes)
+    assert set(recorder.loss_dtypes) == {torch.float32}
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_amp_teachers_needs_amp_and_is_recorded_only_when_set(tmp_path):
+    from ckd.cli import main
+
+    with pytest.raises(ValueError, match="amp_teachers .*set amp"):
+        RunConfig(stream="split-digits", method="kd-replay", amp_teachers=True)
+    with pytest.raises(ValueError, match="amp_teachers must be true or false"):
+        RunConfig(stream="split-digits", method="kd-replay", amp="bf16", amp_teachers="yes")
+    with pytest.raises(ValueError, match="teachers must be true or false"):
+        MixedPrecisionPlugin("bf16", "cpu", teachers=1)
+    assert "amp_teachers" not in RunConfig(stream="split-digits", method="kd-replay", amp="bf16").resolved()
+    out = tmp_path / "r"
+    assert main(["run", "--stream", "split-digits", "--method", "kd-replay", "--epochs", "1", "--max-train", "40",
+                 "--amp", "bf16", "--amp-teachers", "--out", str(out), "--quiet"]) == 0
+    result = json.loads(next(out.glob("*.json")).read_text())
+    assert result["config"]["amp_teachers"] is True and config_from_result(result).amp_teachers
 
 
 @pytest.mark.cuda

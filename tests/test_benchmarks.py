@@ -65,11 +65,13 @@ def test_speed_cnn_times_each_method_in_both_precisions(tmp_path, capsys):
     assert speed_cnn.main(argv) == 0
     result = json.loads(out.read_text())
     names = {f"{m}_{p}" for m in speed_cnn.METHODS for p in speed_cnn.PRECISIONS}
+    names |= {f"{m}_bf16_teachers" for m in ("kd_replay", "kd_replay_ema_all_rows")}
     assert set(result["seconds_per_iteration"]) == names
     assert all(len(v) == 2 for v in result["seconds_per_iteration_all"].values())
     assert set(result["ratios"]) == set(speed_cnn.RATIOS) == set(result["ratios_paired"])
     assert all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
-    assert set(result["run_estimate_s"]) == {"fp32", "bf16"}
+    assert set(result["run_estimate_s"]) == {f"{m}_{p}" for m in ("kd_replay", "kd_replay_ema_all_rows")
+                                             for p in ("fp32", "bf16", "bf16_teachers")}
 
 
 def test_the_pick_is_the_best_setting_and_scoring_of_each_method(tmp_path):

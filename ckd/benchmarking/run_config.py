@@ -94,6 +94,7 @@ class RunConfig:
     such a stream needs ``epochs``, ``lr`` and ``batch_size``.
     ``amp``: mixed precision, ``"bf16"`` or ``"fp16"`` (``ckd.engines.amp``): training and scoring
     forward passes under autocast, convolutional models laid out channels_last; ``None``: float32.
+    ``amp_teachers``: the kd-* teachers' forward passes under that autocast too (in float32 otherwise).
     ``checksum=False`` skips the MD5 checks of the dataset files (re-packed copies).
     ``threads``: intra-op CPU threads. The thread count changes floating-point
     reduction order, so it is part of the config: one thread by default makes
@@ -133,6 +134,7 @@ class RunConfig:
     eval_ema_half_life: float | None = None
     augmentation: bool = True
     cuda_graphs: bool = False
+    amp_teachers: bool = False
     method_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -163,6 +165,10 @@ class RunConfig:
             raise ValueError(f"augmentation must be true or false, got {self.augmentation!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        if not isinstance(self.amp_teachers, bool):
+            raise ValueError(f"amp_teachers must be true or false, got {self.amp_teachers!r}")
+        if self.amp_teachers and self.amp is None:
+            raise ValueError("amp_teachers runs the teachers under the run's autocast: set amp ('bf16' or 'fp16') too")
         if self.eval_ema_half_life is None:
             object.__setattr__(self, "eval_ema_half_life", EVAL_EMA_BY_STREAM.get(self.stream, EVAL_EMA_DEFAULT))
         half_life = self.eval_ema_half_life
@@ -201,7 +207,7 @@ class RunConfig:
             del out["loader"]
         # Settings added later are recorded only when set, so older results still match.
         for name, default in (("amp", None), ("checksum", True), ("eval_ema_half_life", 0.0), ("augmentation", True),
-                              ("cuda_graphs", False)):
+                              ("cuda_graphs", False), ("amp_teachers", False)):
             if out[name] == default:
                 del out[name]
         return out

@@ -33,7 +33,13 @@ from ckd.distillation.buffer import ReplayBuffer, ReplaySample
 from ckd.distillation.config import TEACHER_NAMES, KDReplayConfig, _as_tuple
 from ckd.distillation.frozen import FrozenModel
 from ckd.distillation.losses import replay_cross_entropy, soft_kl, weighted
-from ckd.distillation.plugin_base import StrategyBoundPlugin, add_task_column, mark_seen_classes, steps_in_experience
+from ckd.distillation.plugin_base import (
+    StrategyBoundPlugin,
+    add_task_column,
+    mark_seen_classes,
+    steps_in_experience,
+    teacher_precision,
+)
 from ckd.distillation.replay import DarkExperienceReplayPlugin, OnlineReplayPlugin
 from ckd.distillation.teachers import CachedTeacher, EnsembleTeacher, TrainedTeacher, make_teacher
 
@@ -210,7 +216,9 @@ class KDReplayPlugin(StrategyBoundPlugin):
                     strategy.mbatch[i] = strategy.mbatch[i][: rows.start]
             if self._alpha > 0 and self.teacher_part.ready:
                 step = self.replay
-                step.teacher_logits, step.teacher_mask = self.teacher_part.soft_targets(step.sample, step.x)
+                with teacher_precision(strategy):
+                    logits, step.teacher_mask = self.teacher_part.soft_targets(step.sample, step.x)
+                step.teacher_logits = logits.float()
         self._joined = None
         self.current_logits = strategy.mb_output
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -10,7 +11,10 @@ from torch import Tensor
 
 from ckd.distillation.known_classes import grow_seen_classes
 
-__all__ = ["StrategyBoundPlugin", "add_task_column", "mark_seen_classes", "require_among_plugins", "steps_in_experience"]
+__all__ = [
+    "StrategyBoundPlugin", "add_task_column", "mark_seen_classes", "require_among_plugins", "steps_in_experience",
+    "teacher_precision",
+]
 
 
 def steps_in_experience(strategy) -> int:
@@ -24,6 +28,18 @@ def add_task_column(strategy) -> None:
     the task label 0, as a third column, for every plugin and forward that reads it."""
     if len(strategy.mbatch) < 3:
         strategy.mbatch.append(torch.zeros_like(strategy.mbatch[1]))
+
+
+def teacher_precision(strategy) -> contextlib.AbstractContextManager:
+    """The context a teacher's forward pass runs in during a training step: the autocast of
+    the first plugin that offers one (``teacher_autocast()`` not ``None``, as
+    ``ckd.engines.amp.MixedPrecisionPlugin(teachers=True)``), else none (float32)."""
+    for plugin in strategy.plugins:
+        offer = getattr(plugin, "teacher_autocast", None)
+        context = offer() if offer is not None else None
+        if context is not None:
+            return context
+    return contextlib.nullcontext()
 
 
 def require_among_plugins(strategy, plugin, reader) -> None:

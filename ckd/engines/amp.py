@@ -27,18 +27,26 @@ class MixedPrecisionPlugin(StrategyWrappingPlugin):
     non-finite steps and updates the scale. Evaluation runs in float32.
     ``device_type``: ``"cuda"`` or ``"cpu"``.
 
+    ``teachers=True`` runs the teachers' forward passes of the ckd plugins (the soft
+    targets of ``KDReplayPlugin`` and ``CurrentDistillationPlugin``, the features of the
+    feature and relation plugins) under the same autocast, their outputs cast to float32
+    before any loss; ``False`` (the default): in float32, as before this option existed.
+
     The strategy's methods are wrapped once, when it first trains, and the
     wrappers act only while ``strategy.is_training``; other plugins may wrap them too.
     """
 
-    def __init__(self, dtype: str, device_type: str = "cuda") -> None:
+    def __init__(self, dtype: str, device_type: str = "cuda", teachers: bool = False) -> None:
         super().__init__()
         if dtype not in AMP_DTYPES:
             raise ValueError(f"dtype must be one of {sorted(AMP_DTYPES)}, got {dtype!r}")
         if device_type not in ("cuda", "cpu"):
             raise ValueError(f"device_type must be 'cuda' or 'cpu', got {device_type!r}")
+        if not isinstance(teachers, bool):
+            raise ValueError(f"teachers must be true or false, got {teachers!r}")
         self.dtype = AMP_DTYPES[dtype]
         self.device_type = device_type
+        self.teachers = teachers
         self.scaler = torch.amp.GradScaler(device_type) if dtype == "fp16" else None
 
     def wrap(self, strategy) -> None:
@@ -64,6 +72,11 @@ class MixedPrecisionPlugin(StrategyWrappingPlugin):
 
             self.replace(strategy, "backward", scaled_backward)
             self.replace(strategy, "optimizer_step", scaled_step)
+
+    def teacher_autocast(self) -> torch.autocast | None:
+        """The autocast the teachers' forward passes run under (read by
+        ``ckd.distillation.plugin_base.teacher_precision``); ``None``: float32."""
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.teachers else None
 
     def state_dict(self) -> dict:
         """The fp16 loss scale (``None`` in bf16)."""

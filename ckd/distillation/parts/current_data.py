@@ -14,7 +14,7 @@ from ckd.distillation.config import _is_number, per_experience
 from ckd.distillation.frozen import FrozenModel
 from ckd.distillation.losses import check_temperature, soft_kl
 from ckd.distillation.plugin import KDReplayPlugin
-from ckd.distillation.plugin_base import add_task_column, mark_seen_classes, require_among_plugins
+from ckd.distillation.plugin_base import add_task_column, mark_seen_classes, require_among_plugins, teacher_precision
 from ckd.distillation.teachers import SnapshotTeacher
 
 __all__ = ["AsymmetricCrossEntropyPlugin", "CurrentDistillationPlugin"]
@@ -102,7 +102,8 @@ class CurrentDistillationPlugin(SupervisedPlugin):
             return
         logits = self.kd.current_logits if self.kd is not None else strategy.mb_output
         x, t = strategy.mb_x, strategy.mb_task_id
-        teacher_logits, _ = teacher.logits(x, t)
+        with teacher_precision(strategy):
+            teacher_logits = teacher.logits(x, t)[0].float()
         mask = teacher.known_class_mask(t, teacher_logits.shape[1]) if self.known_classes_only else None
         strategy.loss += self._alpha * soft_kl(logits, teacher_logits, self.temperature, mask)
 

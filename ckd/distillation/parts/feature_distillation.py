@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ckd.distillation.layers import last_linear
 from ckd.distillation.losses import feature_distance, rkd_angle, rkd_distance
 from ckd.distillation.plugin import KDReplayPlugin
-from ckd.distillation.plugin_base import require_among_plugins
+from ckd.distillation.plugin_base import require_among_plugins, teacher_precision
 from ckd.distillation.teachers import CachedTeacher
 
 __all__ = ["FeatureDistillationPlugin", "RelationDistillationPlugin", "PENULTIMATE"]
@@ -101,10 +101,10 @@ class _ReplayFeaturePlugin(SupervisedPlugin):
         step, teacher = self.replay.replay, self.replay.teacher
         if step is None or teacher is None or self.weight == 0:
             return
-        with _capture(teacher.model, self.modules) as teacher_features, torch.inference_mode():
+        with _capture(teacher.model, self.modules) as teacher_features, teacher_precision(strategy), torch.inference_mode():
             avalanche_forward(teacher.model, step.x, step.sample.task)
         loss = sum(
-            self.term(self._student_features[name][step.rows].flatten(1), teacher_features[name].flatten(1).clone())
+            self.term(self._student_features[name][step.rows].flatten(1), teacher_features[name].flatten(1).float().clone())
             for name in self.modules
         )
         strategy.loss += self.weight * loss
