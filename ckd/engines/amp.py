@@ -31,6 +31,7 @@ class MixedPrecisionPlugin(StrategyWrappingPlugin):
     targets of ``KDReplayPlugin`` and ``CurrentDistillationPlugin``, the features of the
     feature and relation plugins) under the same autocast, their outputs cast to float32
     before any loss; ``False`` (the default): in float32, as before this option existed.
+    Logits cached in the buffer at the end of an experience (``teacher="cached"``) stay float32.
 
     The strategy's methods are wrapped once, when it first trains, and the
     wrappers act only while ``strategy.is_training``; other plugins may wrap them too.
