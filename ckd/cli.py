@@ -71,8 +71,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default=None,
                    help="mlp, cnn, resnet18, reduced-resnet18, reduced-resnet18-cosine or package.module:function (default: the stream's)")
     r.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision (default: float32)")
-    r.add_argument("--amp-teachers", action="store_true",
-                   help="the kd-* teachers' forward passes under --amp too (default: float32)")
+    r.add_argument("--amp-teachers", action=argparse.BooleanOptionalAction, default=None,
+                   help="the kd-* teachers' forward passes under --amp too (default: yes)")
     r.add_argument("--no-augmentation", action="store_true", help="train without the stream's crop and flip")
     r.add_argument("--cuda-graphs", action="store_true",
                    help="replay the model's training forward and backward passes from CUDA graphs (--device cuda)")
@@ -103,8 +103,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("suite")
     s.add_argument("--device", default=None)
     s.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision for every run")
-    s.add_argument("--amp-teachers", action="store_true",
-                   help="every run's kd-* teachers' forward passes under --amp too (default: float32)")
+    s.add_argument("--amp-teachers", action=argparse.BooleanOptionalAction, default=None,
+                   help="every run's kd-* teachers' forward passes under --amp too (default: the suite's; yes)")
     s.add_argument("--cuda-graphs", action="store_true",
                    help="every run replays its model's training passes from CUDA graphs (--device cuda)")
     s.add_argument("--eval-ema", type=float, default=None, metavar="HALF_LIFE",
@@ -213,7 +213,7 @@ def _run_settings(args) -> tuple[dict[str, Any], dict[str, Any]]:
             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, model=args.model, amp=args.amp,
             checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema,
             augmentation=False if args.no_augmentation else None, cuda_graphs=True if args.cuda_graphs else None,
-            amp_teachers=True if args.amp_teachers else None, n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
+            amp_teachers=args.amp_teachers, n_experiences=args.n_experiences, eval_every=args.eval_every, label=args.label,
             max_train_per_experience=args.max_train, max_test_per_experience=args.max_test,
             loader=args.loader,
         ).items() if v is not None
@@ -248,7 +248,7 @@ def _cmd_suite(args) -> int:
 
     configs = load_suite(args.suite, device=args.device)
     overrides = dict(amp=args.amp, checksum=False if args.no_checksum else None, eval_ema_half_life=args.eval_ema,
-                     cuda_graphs=True if args.cuda_graphs else None, amp_teachers=True if args.amp_teachers else None)
+                     cuda_graphs=True if args.cuda_graphs else None, amp_teachers=args.amp_teachers)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
         from dataclasses import replace

@@ -145,21 +145,46 @@ def test_teachers_run_under_autocast_only_when_asked(digits, teachers):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_amp_teachers_needs_amp_and_is_recorded_only_when_set(tmp_path):
+def test_amp_teachers_follow_amp_for_kd_methods_and_old_results_read_as_float32(tmp_path):
+    from ckd.benchmarking.run_config import has_result, result_path
     from ckd.cli import main
 
+    assert MixedPrecisionPlugin("bf16", "cpu").teachers is True
+    kd = RunConfig(stream="split-digits", method="kd-replay", amp="bf16")
+    assert kd.teachers_under_amp is True and kd.resolved()["amp_teachers"] is True
+    assert RunConfig(stream="split-digits", method="kd-replay").teachers_under_amp is False
+    assert "amp_teachers" not in RunConfig(stream="split-digits", method="kd-replay").resolved()
+    assert "amp_teachers" not in RunConfig(stream="split-digits", method="replay", amp="bf16").resolved()
     with pytest.raises(ValueError, match="amp_teachers .*set amp"):
         RunConfig(stream="split-digits", method="kd-replay", amp_teachers=True)
     with pytest.raises(ValueError, match="amp_teachers must be true or false"):
         RunConfig(stream="split-digits", method="kd-replay", amp="bf16", amp_teachers="yes")
     with pytest.raises(ValueError, match="teachers must be true or false"):
         MixedPrecisionPlugin("bf16", "cpu", teachers=1)
-    assert "amp_teachers" not in RunConfig(stream="split-digits", method="kd-replay", amp="bf16").resolved()
-    out = tmp_path / "r"
-    assert main(["run", "--stream", "split-digits", "--method", "kd-replay", "--epochs", "1", "--max-train", "40",
-                 "--amp", "bf16", "--amp-teachers", "--out", str(out), "--quiet"]) == 0
-    result = json.loads(next(out.glob("*.json")).read_text())
-    assert result["config"]["amp_teachers"] is True and config_from_result(result).amp_teachers
+    # A result written before the setting existed ran its teachers in float32: a row pinned so keeps it.
+    old = json.loads(json.dumps(kd.resolved()))
+    del old["amp_teachers"]
+    assert config_from_result({"config": old}).teachers_under_amp is False
+    pinned = RunConfig(stream="split-digits", method="kd-replay", amp="bf16", amp_teachers=False)
+    result_path(tmp_path, pinned).write_text(json.dumps({"config": old, "accuracy_matrix": [[1.0]]}))
+    assert has_result(tmp_path, pinned) and not has_result(tmp_path, kd)
+    for flags, expected in (([], True), (["--no-amp-teachers"], False)):
+        out = tmp_path / f"r{len(flags)}"
+        assert main(["run", "--stream", "split-digits", "--method", "kd-replay", "--epochs", "1", "--max-train", "40",
+                     "--amp", "bf16", *flags, "--out", str(out), "--quiet"]) == 0
+        result = json.loads(next(out.glob("*.json")).read_text())
+        assert result["config"]["amp_teachers"] is expected and config_from_result(result).teachers_under_amp is expected
+    # A suite given --amp: its kd-* rows' teachers follow, unless a row says otherwise.
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[suite]\nseeds = [0]\n[defaults]\nstream = "split-digits"\nepochs = 1\n'
+                     'max_train_per_experience = 40\n[[run]]\nmethod = "kd-replay"\n'
+                     '[[run]]\nmethod = "kd-replay"\nlabel = "fp32-teachers"\namp_teachers = false\n')
+    assert main(["suite", str(suite), "--amp", "bf16", "--out", str(tmp_path / "s1"), "--quiet"]) == 0
+    assert main(["suite", str(suite), "--amp", "bf16", "--no-amp-teachers", "--out", str(tmp_path / "s2"), "--quiet"]) == 0
+    teachers = {(p.parent.name, json.loads(p.read_text())["config"]["label"]): json.loads(p.read_text())["config"]["amp_teachers"]
+                for p in tmp_path.glob("s?/*.json")}
+    assert teachers == {("s1", "kd-replay"): True, ("s1", "fp32-teachers"): False,
+                        ("s2", "kd-replay"): False, ("s2", "fp32-teachers"): False}
 
 
 @pytest.mark.cuda

@@ -94,7 +94,9 @@ class RunConfig:
     such a stream needs ``epochs``, ``lr`` and ``batch_size``.
     ``amp``: mixed precision, ``"bf16"`` or ``"fp16"`` (``ckd.engines.amp``): training and scoring
     forward passes under autocast, convolutional models laid out channels_last; ``None``: float32.
-    ``amp_teachers``: the kd-* teachers' forward passes under that autocast too (in float32 otherwise).
+    ``amp_teachers``: the kd-* teachers' forward passes under that autocast too (``False``: in float32);
+    ``None``: yes for a kd-* method whenever ``amp`` is set. Recorded for kd-* methods with ``amp``;
+    their results written before the setting existed ran the teachers in float32 and read back so.
     ``checksum=False`` skips the MD5 checks of the dataset files (re-packed copies).
     ``threads``: intra-op CPU threads. The thread count changes floating-point
     reduction order, so it is part of the config: one thread by default makes
@@ -134,7 +136,7 @@ class RunConfig:
     eval_ema_half_life: float | None = None
     augmentation: bool = True
     cuda_graphs: bool = False
-    amp_teachers: bool = False
+    amp_teachers: bool | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -165,7 +167,7 @@ class RunConfig:
             raise ValueError(f"augmentation must be true or false, got {self.augmentation!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
-        if not isinstance(self.amp_teachers, bool):
+        if self.amp_teachers is not None and not isinstance(self.amp_teachers, bool):
             raise ValueError(f"amp_teachers must be true or false, got {self.amp_teachers!r}")
         if self.amp_teachers and self.amp is None:
             raise ValueError("amp_teachers runs the teachers under the run's autocast: set amp ('bf16' or 'fp16') too")
@@ -207,10 +209,21 @@ class RunConfig:
             del out["loader"]
         # Settings added later are recorded only when set, so older results still match.
         for name, default in (("amp", None), ("checksum", True), ("eval_ema_half_life", 0.0), ("augmentation", True),
-                              ("cuda_graphs", False), ("amp_teachers", False)):
+                              ("cuda_graphs", False)):
             if out[name] == default:
                 del out[name]
+        if self.amp is not None and self.method.startswith("kd-"):
+            out["amp_teachers"] = self.teachers_under_amp
+        else:
+            del out["amp_teachers"]  # it acts on the kd-* teachers under autocast only
         return out
+
+    @property
+    def teachers_under_amp(self) -> bool:
+        """Whether the teachers' forward passes run under the run's autocast (``amp_teachers``)."""
+        if self.amp is None:
+            return False
+        return self.method.startswith("kd-") if self.amp_teachers is None else self.amp_teachers
 
 
 def config_from_result(result: dict[str, Any], **overrides: Any) -> RunConfig:
@@ -232,6 +245,8 @@ def config_from_result(result: dict[str, Any], **overrides: Any) -> RunConfig:
         values["method_args"] = {k: v for k, v in values["method_args"].items() if k != "eval_ema_half_life"}
     values.setdefault("eval_ema_half_life", method_ema)
     values.setdefault("loader", "avalanche")  # written before the tensor path existed
+    if method.startswith("kd-") and values.get("amp") is not None:
+        values.setdefault("amp_teachers", False)  # written while the teachers ran in float32
     values.update(overrides)
     return RunConfig(**values)
 

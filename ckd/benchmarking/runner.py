@@ -173,7 +173,7 @@ def run(
     if stream.augmentation is not None and config.augmentation:  # every row the model receives, replayed ones included
         extra.append(AugmentationPlugin(stream.augmentation))
     if config.amp is not None:
-        extra.append(MixedPrecisionPlugin(config.amp, device.type, teachers=config.amp_teachers))
+        extra.append(MixedPrecisionPlugin(config.amp, device.type, teachers=config.teachers_under_amp))
     if config.eval_ema_half_life > 0:
         extra.append(EMAEvaluationPlugin(half_life=config.eval_ema_half_life, seed=config.seed))
     diagnostics = None

@@ -27,17 +27,17 @@ class MixedPrecisionPlugin(StrategyWrappingPlugin):
     non-finite steps and updates the scale. Evaluation runs in float32.
     ``device_type``: ``"cuda"`` or ``"cpu"``.
 
-    ``teachers=True`` runs the teachers' forward passes of the ckd plugins (the soft
-    targets of ``KDReplayPlugin`` and ``CurrentDistillationPlugin``, the features of the
-    feature and relation plugins) under the same autocast, their outputs cast to float32
-    before any loss; ``False`` (the default): in float32, as before this option existed.
+    ``teachers=True`` (the default) runs the teachers' forward passes of the ckd plugins
+    (the soft targets of ``KDReplayPlugin`` and ``CurrentDistillationPlugin``, the features
+    of the feature and relation plugins) under the same autocast, their outputs cast to
+    float32 before any loss; ``False``: in float32, as ckd ran them before this option existed.
     Logits cached in the buffer at the end of an experience (``teacher="cached"``) stay float32.
 
     The strategy's methods are wrapped once, when it first trains, and the
     wrappers act only while ``strategy.is_training``; other plugins may wrap them too.
     """
 
-    def __init__(self, dtype: str, device_type: str = "cuda", teachers: bool = False) -> None:
+    def __init__(self, dtype: str, device_type: str = "cuda", teachers: bool = True) -> None:
         super().__init__()
         if dtype not in AMP_DTYPES:
             raise ValueError(f"dtype must be one of {sorted(AMP_DTYPES)}, got {dtype!r}")
