@@ -10,8 +10,8 @@ A B C … A B C …, ``--repeats`` times; the median seconds per iteration is ke
     python benchmarks/speed_cnn.py --data-root DIR --json benchmarks/results/speed_cnn_cpu.json
 
 Methods, each ``_fp32`` and ``_bf16`` (``torch.autocast`` bf16 with the model channels_last,
-what ``--amp bf16`` does), and the kd-replay ones also ``_bf16_teachers`` (the teachers' forward
-passes under the autocast too: ``--amp bf16 --amp-teachers``): ``raw_loop`` (plain PyTorch doing
+what ``--amp bf16 --no-amp-teachers`` does), and the kd-replay ones also ``_bf16_teachers`` (the
+teachers' forward passes under the autocast too: ``--amp bf16``, the default): ``raw_loop`` (plain PyTorch doing
 kd-replay's math: crop+flip, one forward over stream + replayed rows, a teacher forward on the
 replayed rows, CE + T²·KL + replay CE, backward, step; its teacher under the autocast) — the floor;
 ``kd_replay`` (ckd's tensor path, as the runner builds it, kd-replay's defaults);
